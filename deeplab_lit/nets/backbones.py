@@ -1,0 +1,293 @@
+"""Backbones with a settable output stride: VGG16 (DeepLab-LargeFOV trunk), ResNet, MobileNetV2, Xception-65.
+
+Every backbone returns ``{"low_level": stride-4 features, "mid": stride-16 stage, "out": stride-OS features}``
+and can change its output stride after it is built (``set_output_stride``), turning strides into dilations
+as DeepLab does, so a model trained at OS 16 is evaluated at OS 8 with the same weights.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import timm
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.mobilenetv2 import InvertedResidual
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from .weights import load_checked, read_state_dict
+
+Features = dict[str, Tensor]
+
+
+def dilation_plan(
+    strides: Sequence[int], output_stride: int, stride: int = 1, dilation: int = 1
+) -> list[tuple[int, int, int]]:
+    """Turn the nominal strides of successive units into ``(stride, first_dilation, dilation)`` per unit.
+
+    Once the running stride reaches ``output_stride`` a unit keeps stride 1 and multiplies the dilation
+    instead (timm's rule). ``first_dilation`` is the dilation before the unit, used by the layer that
+    held the stride, as in torchvision's dilated ResNet.
+    """
+    plan = []
+    for s in strides:
+        first = dilation
+        if stride * s > output_stride:
+            dilation, s = dilation * s, 1
+        else:
+            stride *= s
+        plan.append((s, first, dilation))
+    return plan
+
+
+def set_dilation(conv: nn.Conv2d, dilation: int, stride: int | None = None) -> None:
+    """Change a built conv's dilation (and stride) in place, keeping the output size ('same' padding)."""
+    k = conv.kernel_size[0]
+    if (dilation * (k - 1)) % 2:
+        raise ValueError(f"kernel {k} with dilation {dilation} has no symmetric 'same' padding")
+    conv.dilation = (dilation, dilation)
+    conv.padding = (dilation * (k - 1) // 2,) * 2
+    if stride is not None:
+        conv.stride = (stride, stride)
+
+
+class Backbone(nn.Module):
+    """Common interface: channel counts, allowed output strides, ImageNet weights, ``set_output_stride``."""
+
+    output_strides: tuple[int, ...] = (8, 16, 32)
+    out_channels: int
+    low_level_channels: int
+    mid_channels: int
+    unused_weight_keys: tuple[str, ...] = ()  # ImageNet classifier entries that a backbone does not hold
+
+    def __init__(self, output_stride: int) -> None:
+        super().__init__()
+        self.output_stride = output_stride
+
+    def check_output_stride(self, output_stride: int) -> None:
+        if output_stride not in self.output_strides:
+            raise ValueError(
+                f"{type(self).__name__} cannot give output stride {output_stride}; allowed: {self.output_strides}"
+            )
+
+    def set_output_stride(self, output_stride: int) -> None:
+        self.check_output_stride(output_stride)
+        self._apply_output_stride(output_stride)
+        self.output_stride = output_stride
+
+    def _apply_output_stride(self, output_stride: int) -> None:
+        raise NotImplementedError
+
+    def load_imagenet(self, weights: str, name: str) -> dict[str, Tensor]:
+        """Load ImageNet weights (torchvision/timm name or file); return the entries the backbone left over."""
+        state = read_state_dict(weights, name)
+        rest = {k: v for k, v in state.items() if k.startswith(self.unused_weight_keys)}
+        load_checked(self, {k: v for k, v in state.items() if k not in rest}, source=weights)
+        return rest
+
+
+def _layer_convs(block: nn.Module) -> tuple[nn.Conv2d, list[nn.Conv2d]]:
+    """The conv holding a residual unit's stride, and all its 3x3 convs."""
+    if isinstance(block, Bottleneck):
+        return block.conv2, [block.conv2]
+    if isinstance(block, BasicBlock):
+        return block.conv1, [block.conv1, block.conv2]
+    raise TypeError(f"not a ResNet unit: {type(block).__name__}")
+
+
+def configure_layer(
+    layer: nn.Sequential, stride: int, first_dilation: int, dilation: int, multi_grid: Sequence[int] | None
+) -> None:
+    """Set a ResNet stage's stride and dilations in place.
+
+    Without multi-grid the first unit keeps ``first_dilation`` (torchvision's dilated ResNet); with it,
+    unit ``i`` uses ``dilation * multi_grid[i]`` (DeepLabv3 §3.2).
+    """
+    if multi_grid is not None and len(multi_grid) != len(layer):
+        raise ValueError(f"multi_grid {tuple(multi_grid)} needs one rate per unit ({len(layer)} units)")
+    for i, block in enumerate(layer):
+        stride_conv, convs = _layer_convs(block)
+        d = dilation * multi_grid[i] if multi_grid is not None else first_dilation if i == 0 else dilation
+        for conv in convs:
+            set_dilation(conv, d, stride if (i == 0 and conv is stride_conv) else None)
+        if i == 0 and block.downsample is not None:
+            block.downsample[0].stride = (stride, stride)
+
+
+class ResNetBackbone(Backbone):
+    """torchvision ResNet-18/34/50/101 with output stride 8/16/32 and multi-grid in the last stage.
+
+    BasicBlock (ResNet-18/34) refuses dilation in torchvision's constructor; dilating the built convs
+    in place works for both unit types.
+    """
+
+    unused_weight_keys = ("fc.",)
+
+    def __init__(
+        self, name: str = "resnet101", output_stride: int = 16, multi_grid: Sequence[int] | None = None
+    ) -> None:
+        super().__init__(output_stride)
+        net = getattr(torchvision.models, name)(weights=None)
+        for part in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            setattr(self, part, getattr(net, part))
+        expansion = 4 if isinstance(net.layer1[0], Bottleneck) else 1
+        self.low_level_channels, self.mid_channels, self.out_channels = (
+            64 * expansion,
+            256 * expansion,
+            512 * expansion,
+        )
+        self.multi_grid = tuple(multi_grid) if multi_grid is not None else None
+        self.set_output_stride(output_stride)
+
+    def _apply_output_stride(self, output_stride: int) -> None:
+        layers = [self.layer1, self.layer2, self.layer3, self.layer4]
+        plan = dilation_plan([1, 2, 2, 2], output_stride, stride=4)
+        for i, (layer, (stride, first, dilation)) in enumerate(zip(layers, plan, strict=True)):
+            configure_layer(layer, stride, first, dilation, self.multi_grid if i == 3 else None)
+
+    def forward(self, x: Tensor) -> Features:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
+        low = self.layer1(x)  # (B, 256, H/4, W/4) for Bottleneck
+        mid = self.layer3(self.layer2(low))  # (B, 1024, H/min(16, OS), ...)
+        return {"low_level": low, "mid": mid, "out": self.layer4(mid)}  # out: (B, 2048, H/OS, W/OS)
+
+
+class VGG16Backbone(Backbone):
+    """VGG16 conv1–conv5 as DeepLab-LargeFOV uses them (V1 §3.1).
+
+    Pools are 3x3 with padding 1; pools past the output stride keep stride 1 and the convs after them
+    are dilated (conv5 at dilation 2 for the paper's OS 8). fc6/fc7 live in the head.
+    """
+
+    unused_weight_keys = ("classifier.",)
+    pool_indices = (4, 9, 16, 23, 30)
+
+    def __init__(self, output_stride: int = 8) -> None:
+        super().__init__(output_stride)
+        self.features = torchvision.models.vgg16(weights=None).features
+        for i in self.pool_indices:
+            self.features[i] = nn.MaxPool2d(3, stride=2, padding=1)
+        self.low_level_channels, self.mid_channels, self.out_channels = 128, 512, 512
+        self.set_output_stride(output_stride)
+
+    def _apply_output_stride(self, output_stride: int) -> None:
+        plan = dilation_plan([2] * len(self.pool_indices), output_stride)
+        dilation = 1
+        for i, layer in enumerate(self.features):
+            if i in self.pool_indices:
+                stride, _, dilation = plan[self.pool_indices.index(i)]
+                layer.stride = stride
+            elif isinstance(layer, nn.Conv2d):
+                set_dilation(layer, dilation)
+
+    def stages(self, x: Tensor) -> list[Tensor]:
+        """The input and the outputs of pool1–pool5, the taps of DeepLab-MSc."""
+        outs, start = [x], 0
+        for end in self.pool_indices:
+            x = self.features[start : end + 1](x)
+            outs.append(x)
+            start = end + 1
+        return outs
+
+    def forward(self, x: Tensor) -> Features:
+        _, _, low, _, mid, out = self.stages(x)
+        return {"low_level": low, "mid": mid, "out": out}  # out: (B, 512, H/OS, W/OS)
+
+
+class MobileNetV2Backbone(Backbone):
+    """torchvision MobileNetV2 up to the 320-channel layer (as DeepLab's MobileNetV2 feature extractor)."""
+
+    unused_weight_keys = ("features.18.", "classifier.")
+
+    def __init__(self, output_stride: int = 16) -> None:
+        super().__init__(output_stride)
+        self.features = torchvision.models.mobilenet_v2(weights=None).features[:18]
+        self.low_level_channels, self.mid_channels, self.out_channels = 24, 96, 320
+        self.nominal_strides = [self._depthwise(b).stride[0] for b in self.features[1:]]
+        self.set_output_stride(output_stride)
+
+    def _depthwise(self, block: InvertedResidual) -> nn.Conv2d:
+        return next(m for m in block.modules() if isinstance(m, nn.Conv2d) and m.groups > 1)
+
+    def _apply_output_stride(self, output_stride: int) -> None:
+        plan = dilation_plan(self.nominal_strides, output_stride, stride=2)
+        for block, (stride, first, _) in zip(self.features[1:], plan, strict=True):
+            set_dilation(self._depthwise(block), first, stride)  # a unit that kept its stride has first == dilation
+
+    def forward(self, x: Tensor) -> Features:
+        low = self.features[:4](x)  # (B, 24, H/4, W/4)
+        mid = self.features[4:14](low)  # (B, 96, H/min(16, OS), ...)
+        return {"low_level": low, "mid": mid, "out": self.features[14:](mid)}  # (B, 320, H/OS, W/OS)
+
+
+class Xception65Backbone(Backbone):
+    """Aligned Xception-65 of DeepLabv3+ (timm's port of the TF model).
+
+    timm builds the dilations at construction, so a new output stride rebuilds the network and copies
+    the weights over (the parameters do not depend on the stride).
+    """
+
+    unused_weight_keys = ("head.",)
+
+    def __init__(self, output_stride: int = 16) -> None:
+        super().__init__(output_stride)
+        self.check_output_stride(output_stride)
+        self.body = self._build(output_stride)
+        self.low_level_channels, self.mid_channels, self.out_channels = 256, 1024, 2048
+
+    @staticmethod
+    def _build(output_stride: int) -> nn.Module:
+        # taps: entry-flow block2 before its strided conv (stride 4), exit-flow block1 input, final features
+        return timm.create_model("xception65", features_only=True, output_stride=output_stride, out_indices=(1, 3, 4))
+
+    def _apply_output_stride(self, output_stride: int) -> None:
+        ref = next(self.parameters())
+        body = self._build(output_stride).to(device=ref.device, dtype=ref.dtype)
+        body.load_state_dict(self.body.state_dict())
+        self.body = body.train(self.training)
+
+    def load_imagenet(self, weights: str, name: str) -> dict[str, Tensor]:
+        # timm's classification model names modules "blocks.N"; its feature wrapper "blocks_N".
+        state = read_state_dict(weights, name)
+        state = {"body." + re.sub(r"^(stem|blocks)\.(\d+)", r"\1_\2", k): v for k, v in state.items()}
+        rest = {k: v for k, v in state.items() if k.startswith("body.head.")}
+        load_checked(self, {k: v for k, v in state.items() if k not in rest}, source=weights)
+        return rest
+
+    def forward(self, x: Tensor) -> Features:
+        low, mid, out = self.body(x)
+        return {"low_level": low, "mid": mid, "out": out}
+
+
+BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "xception65")
+
+
+def build_backbone(
+    name: str,
+    output_stride: int,
+    multi_grid: Sequence[int] | None = None,
+    weights: str | None = None,
+) -> tuple[Backbone, dict[str, Tensor]]:
+    """Build a backbone by name, optionally with ImageNet weights; also return unused weight entries."""
+    if name.startswith("resnet") and name in BACKBONES:
+        backbone: Backbone = ResNetBackbone(name, output_stride, multi_grid)
+    elif multi_grid is not None:
+        raise ValueError(f"multi_grid applies to ResNet backbones only, not {name!r}")
+    elif name == "vgg16":
+        backbone = VGG16Backbone(output_stride)
+    elif name == "mobilenet_v2":
+        backbone = MobileNetV2Backbone(output_stride)
+    elif name == "xception65":
+        backbone = Xception65Backbone(output_stride)
+    else:
+        raise ValueError(f"unknown backbone {name!r}; choose from {BACKBONES}")
+    rest = backbone.load_imagenet(weights, name) if weights else {}
+    return backbone, rest
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = ["BACKBONES", "Backbone", "build_backbone", "count_parameters", "dilation_plan", "set_dilation"]

@@ -1,0 +1,319 @@
+"""The four generations: backbone → head (→ decoder) → logits, upsampled to the input size.
+
+Each ``forward`` returns ``{"out": (B, classes, H, W)}`` plus ``"aux"`` when the auxiliary head is on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .aspp import ASPP, ASPPv2, AtrousFC, ConvBNReLU, classifier_conv, scale_rates
+from .backbones import Backbone, Features, build_backbone
+from .cascade import CascadedBlocks
+from .decoder import Decoder
+from .weights import decimate_vgg_fc, load_checked
+
+
+def upsample_to(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear, ``align_corners=False``: logits go to the label size, labels are never downsampled."""
+    return (
+        x
+        if tuple(x.shape[-2:]) == tuple(size)
+        else F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    )
+
+
+class FCNHead(nn.Sequential):
+    """Auxiliary classifier on the stride-16 stage (torchvision/mmsegmentation style)."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        mid = in_channels // 4
+        super().__init__(
+            nn.Conv2d(in_channels, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.1),
+            nn.Conv2d(mid, num_classes, 1),
+        )
+
+
+class DeepLabNet(nn.Module):
+    """Shared parts: the backbone, the optional aux head, output-stride switching, the forward pass."""
+
+    backbone: Backbone
+
+    def _init_backbone(
+        self,
+        num_classes: int,
+        backbone: str,
+        output_stride: int,
+        multi_grid: Sequence[int] | None,
+        backbone_weights: str | None,
+        aux: bool,
+    ) -> dict[str, Tensor]:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.num_classes = num_classes
+        self.backbone, rest = build_backbone(backbone, output_stride, multi_grid, backbone_weights)
+        self.aux_classifier = FCNHead(self.backbone.mid_channels, num_classes) if aux else None
+        self._output_stride = output_stride
+        return rest
+
+    @property
+    def output_stride(self) -> int:
+        return self._output_stride
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Re-stride the built network (e.g. train at 16, evaluate at 8); head rates follow."""
+        self.backbone.set_output_stride(output_stride)
+        self._output_stride = output_stride
+
+    def logits(self, feats: Features, size: Sequence[int]) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        size = x.shape[-2:]
+        feats = self.backbone(x)
+        out = {"out": upsample_to(self.logits(feats, size), size)}  # (B, classes, H, W)
+        if self.aux_classifier is not None:
+            out["aux"] = upsample_to(self.aux_classifier(feats["mid"]), size)
+        return out
+
+
+def _init_fc_from_vgg(fc: AtrousFC, rest: dict[str, Tensor]) -> None:
+    if "classifier.0.weight" in rest:
+        state = decimate_vgg_fc(rest, fc.fc6.kernel_size[0], fc.fc6.out_channels)
+        load_checked(fc, state, source="VGG16 fc6/fc7 (decimated)")
+
+
+class DeepLabV1Net(DeepLabNet):
+    """DeepLab-LargeFOV (V1): VGG16 at OS 8 → atrous fc6/fc7 → fc8, optionally with MSc features.
+
+    ``fc_rate`` is given at OS 8. ``msc_features`` adds V1's multi-scale features: the input and
+    pool1–pool4 each pass a 3x3 (128) and a 1x1 (128) conv, and the 640 channels join fc7's output.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        backbone: str = "vgg16",
+        output_stride: int = 8,
+        fc_kernel: int = 3,
+        fc_rate: int = 12,
+        fc_channels: int = 1024,
+        msc_features: bool = False,
+        backbone_weights: str | None = None,
+        aux: bool = False,
+    ) -> None:
+        super().__init__()
+        rest = self._init_backbone(num_classes, backbone, output_stride, None, backbone_weights, aux)
+        if msc_features and backbone != "vgg16":
+            raise ValueError(f"msc_features taps VGG16's pooling layers; backbone {backbone!r} has none")
+        self.fc_rate = fc_rate
+        self.fc = AtrousFC(
+            self.backbone.out_channels, fc_channels, fc_kernel, scale_rates([fc_rate], 8, output_stride)[0]
+        )
+        _init_fc_from_vgg(self.fc, rest)
+        self.msc = None
+        if msc_features:
+            taps = (3, 64, 128, 256, 512)  # input, pool1 … pool4
+            self.msc = nn.ModuleList(
+                nn.Sequential(
+                    nn.Conv2d(c, 128, 3, padding=1),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(128, 128, 1),
+                    nn.ReLU(inplace=True),
+                )
+                for c in taps
+            )
+            self._set_msc_strides(output_stride)
+        self.classifier = classifier_conv(fc_channels + (640 if msc_features else 0), num_classes)
+
+    def _set_msc_strides(self, output_stride: int) -> None:
+        # tap i sits at stride min(2**i, OS); its 3x3 conv strides the rest of the way to OS
+        for i, branch in enumerate(self.msc):
+            s = output_stride // min(2**i, output_stride)
+            branch[0].stride = (s, s)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        super().set_output_stride(output_stride)
+        self.fc.set_rate(scale_rates([self.fc_rate], 8, output_stride)[0])
+        if self.msc is not None:
+            self._set_msc_strides(output_stride)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if self.msc is None:
+            return super().forward(x)
+        stages = self.backbone.stages(x)  # input, pool1 … pool5
+        y = self.fc(stages[-1])  # (B, 1024, H/8, W/8)
+        y = torch.cat([y] + [branch(s) for branch, s in zip(self.msc, stages[:5], strict=True)], dim=1)
+        out = {"out": upsample_to(self.classifier(y), x.shape[-2:])}  # (B, classes, H, W)
+        if self.aux_classifier is not None:
+            out["aux"] = upsample_to(self.aux_classifier(stages[4]), x.shape[-2:])
+        return out
+
+    def logits(self, feats: Features, size: Sequence[int]) -> Tensor:
+        return self.classifier(self.fc(feats["out"]))
+
+
+class DeepLabV2Net(DeepLabNet):
+    """DeepLab V2: VGG16 or ResNet-101 at OS 8 → ASPP (sum of per-rate classifiers).
+
+    ``rates`` (at OS 8): ASPP-L (6, 12, 18, 24) by default, ASPP-S (2, 4, 8, 12), LargeFOV (12,).
+    ``fc_channels``: None gives the paper's models (1024-channel fc6/fc7 per branch on VGG16, one
+    3x3 classifier per rate on ResNet); 0 or a width chooses explicitly.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        backbone: str = "resnet101",
+        output_stride: int = 8,
+        rates: Sequence[int] = (6, 12, 18, 24),
+        fc_channels: int | None = None,
+        backbone_weights: str | None = None,
+        aux: bool = False,
+    ) -> None:
+        super().__init__()
+        rest = self._init_backbone(num_classes, backbone, output_stride, None, backbone_weights, aux)
+        if fc_channels is None:
+            fc_channels = 1024 if backbone == "vgg16" else 0
+        self.aspp = ASPPv2(self.backbone.out_channels, num_classes, rates, fc_channels, 8, output_stride)
+        if fc_channels:
+            for branch in self.aspp.branches:
+                _init_fc_from_vgg(branch[0], rest)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        super().set_output_stride(output_stride)
+        self.aspp.set_output_stride(output_stride)
+
+    def logits(self, feats: Features, size: Sequence[int]) -> Tensor:
+        return self.aspp(feats["out"])
+
+
+class DeepLabV3Net(DeepLabNet):
+    """DeepLab V3: ResNet with multi-grid → ASPP with image pooling, or the cascaded "going deeper" model.
+
+    ``rates`` are given at OS 16 and scale with the output stride ((12, 24, 36) at OS 8).
+    ``cascade_blocks > 0`` replaces ASPP with block5… (V3 Tables 1–3). ``head_convs`` adds 3x3 convs after
+    ASPP (torchvision's DeepLabHead has one); ``aux`` adds the auxiliary head on the stride-16 stage.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        backbone: str = "resnet101",
+        output_stride: int = 16,
+        multi_grid: Sequence[int] | None = (1, 2, 4),
+        rates: Sequence[int] = (6, 12, 18),
+        image_pooling: bool = True,
+        aspp_channels: int = 256,
+        separable: bool = False,
+        head_convs: int = 0,
+        dropout: float = 0.1,
+        cascade_blocks: int = 0,
+        backbone_weights: str | None = None,
+        aux: bool = False,
+    ) -> None:
+        super().__init__()
+        if cascade_blocks and output_stride not in [2**k for k in range(3, 6 + cascade_blocks)]:
+            raise ValueError(f"output stride {output_stride} is not a power of 2 in 8…{32 * 2**cascade_blocks}")
+        # the cascade takes the output stride past the backbone's 32
+        self._init_backbone(
+            num_classes,
+            backbone,
+            min(output_stride, 32) if cascade_blocks else output_stride,
+            multi_grid,
+            backbone_weights,
+            aux,
+        )
+        self._output_stride = output_stride
+        channels = self.backbone.out_channels
+        self.aspp = self.cascade = None
+        if cascade_blocks:
+            self.cascade = CascadedBlocks(cascade_blocks, channels, output_stride, multi_grid)
+        else:
+            self.aspp = ASPP(channels, rates, aspp_channels, image_pooling, separable, dropout, 16, output_stride)
+            channels = aspp_channels
+        self.head = nn.Sequential(*(ConvBNReLU(channels, channels, 3, separable=separable) for _ in range(head_convs)))
+        self.encoder_channels = channels
+        self.classifier = classifier_conv(channels, num_classes)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        self.backbone.set_output_stride(min(output_stride, 32))
+        self._output_stride = output_stride
+        if self.cascade is not None:
+            self.cascade.set_output_stride(output_stride)
+        else:
+            self.aspp.set_output_stride(output_stride)
+
+    def encode(self, feats: Features) -> Tensor:
+        x = self.cascade(feats["out"]) if self.cascade is not None else self.aspp(feats["out"])
+        return self.head(x)  # (B, 256, H/OS, W/OS) with ASPP
+
+    def logits(self, feats: Features, size: Sequence[int]) -> Tensor:
+        return self.classifier(self.encode(feats))
+
+
+class DeepLabV3PlusNet(DeepLabV3Net):
+    """DeepLab V3+: V3's encoder + a decoder on stride-4 features; ``decoder=False`` is V3 for ablations.
+
+    Defaults follow the paper's main model: aligned Xception-65, OS 16, no multi-grid.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        backbone: str = "xception65",
+        output_stride: int = 16,
+        multi_grid: Sequence[int] | None = None,
+        rates: Sequence[int] = (6, 12, 18),
+        image_pooling: bool = True,
+        aspp_channels: int = 256,
+        separable: bool = False,
+        dropout: float = 0.1,
+        decoder: bool = True,
+        low_level_channels: int = 48,
+        decoder_channels: int = 256,
+        decoder_convs: int = 2,
+        backbone_weights: str | None = None,
+        aux: bool = False,
+    ) -> None:
+        super().__init__(
+            num_classes,
+            backbone=backbone,
+            output_stride=output_stride,
+            multi_grid=multi_grid,
+            rates=rates,
+            image_pooling=image_pooling,
+            aspp_channels=aspp_channels,
+            separable=separable,
+            dropout=dropout,
+            backbone_weights=backbone_weights,
+            aux=aux,
+        )
+        self.decoder = None
+        if decoder:
+            self.decoder = Decoder(
+                aspp_channels,
+                self.backbone.low_level_channels,
+                low_level_channels,
+                decoder_channels,
+                decoder_convs,
+                separable,
+            )
+            self.classifier = classifier_conv(decoder_channels, num_classes)
+
+    def logits(self, feats: Features, size: Sequence[int]) -> Tensor:
+        x = self.encode(feats)
+        if self.decoder is not None:
+            x = self.decoder(x, feats["low_level"])  # (B, 256, H/4, W/4)
+        return self.classifier(x)
