@@ -94,14 +94,16 @@ def test_vgg_trunk_is_deeplab_largefov() -> None:
     assert [c.dilation[0] for c in convs] == [1] * 10 + [2] * 3  # conv5 at rate 2
 
 
-def test_xception_rebuild_keeps_training_mode_and_weights() -> None:
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+def test_xception_restrides_like_timm_builds_it(output_stride) -> None:
+    import timm
+
     backbone, _ = build_backbone("xception65", 16)
-    backbone.train()
-    before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    backbone.set_output_stride(8)
-    assert backbone.training
-    after = backbone.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    params = list(backbone.parameters())
+    backbone.set_output_stride(output_stride)
+    ref = timm.create_model("xception65", features_only=True, output_stride=output_stride, out_indices=(1, 3, 4))
+    assert conv_geometry(backbone.body) == conv_geometry(ref)
+    assert all(a is b for a, b in zip(params, backbone.parameters(), strict=True))  # optimizers keep working
 
 
 @pytest.mark.parametrize(

@@ -222,30 +222,28 @@ class MobileNetV2Backbone(Backbone):
 
 
 class Xception65Backbone(Backbone):
-    """Aligned Xception-65 of DeepLabv3+ (timm's port of the TF model).
-
-    timm builds the dilations at construction, so a new output stride rebuilds the network and copies
-    the weights over (the parameters do not depend on the stride).
-    """
+    """Aligned Xception-65 of DeepLabv3+ (timm's port of the TF model), re-strided in place by timm's rule."""
 
     unused_weight_keys = ("head.",)
 
     def __init__(self, output_stride: int = 16) -> None:
         super().__init__(output_stride)
-        self.check_output_stride(output_stride)
-        self.body = self._build(output_stride)
-        self.low_level_channels, self.mid_channels, self.out_channels = 256, 1024, 2048
-
-    @staticmethod
-    def _build(output_stride: int) -> nn.Module:
         # taps: entry-flow block2 before its strided conv (stride 4), exit-flow block1 input, final features
-        return timm.create_model("xception65", features_only=True, output_stride=output_stride, out_indices=(1, 3, 4))
+        self.body = timm.create_model("xception65", features_only=True, out_indices=(1, 3, 4))
+        self.low_level_channels, self.mid_channels, self.out_channels = 256, 1024, 2048
+        self.nominal_strides = [block.stack.conv3.conv_dw.stride[0] for block in self._blocks()]
+        self.set_output_stride(output_stride)
+
+    def _blocks(self) -> list[nn.Module]:
+        return [m for name, m in self.body.named_children() if name.startswith("blocks_")]
 
     def _apply_output_stride(self, output_stride: int) -> None:
-        ref = next(self.parameters())
-        body = self._build(output_stride).to(device=ref.device, dtype=ref.dtype)
-        body.load_state_dict(self.body.state_dict())
-        self.body = body.train(self.training)
+        plan = dilation_plan(self.nominal_strides, output_stride, stride=2)
+        for block, (stride, first, _) in zip(self._blocks(), plan, strict=True):
+            for sep in (block.stack.conv1, block.stack.conv2, block.stack.conv3):
+                set_dilation(sep.conv_dw, first, stride if sep is block.stack.conv3 else None)
+            if block.shortcut is not None:
+                block.shortcut.conv.stride = (stride, stride)
 
     def load_imagenet(self, weights: str, name: str) -> dict[str, Tensor]:
         # timm's classification model names modules "blocks.N"; its feature wrapper "blocks_N".
