@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(PY) -m deeplab_lit.nets
+	$(PY) -m deeplab_lit.demo
 
 test: setup
 	$(PY) -m pytest -q

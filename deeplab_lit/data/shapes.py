@@ -81,18 +81,22 @@ def _texture(rng: np.random.Generator, dy: np.ndarray, dx: np.ndarray) -> np.nda
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Smooth colour field (bilinearly upsampled random grid) crossed by thin clutter lines."""
+    """Smooth colour field (bilinearly upsampled random grid) with grain, crossed by thin clutter lines.
+
+    The field varies around one random colour by ±50 per channel and carries per-pixel grain, a texture
+    objects do not have: foreground is separable from background locally, the class only by shape.
+    """
     gh, gw = rng.integers(2, 6, size=2)
-    grid = rng.uniform(0, 255, size=(gh, gw, 3))
+    grid = np.clip(rng.uniform(30, 225, size=3) + rng.uniform(-50, 50, size=(gh, gw, 3)), 0, 255)
     fy, fx = np.linspace(0, gh - 1, height), np.linspace(0, gw - 1, width)
     y0, x0 = np.minimum(fy.astype(int), gh - 2), np.minimum(fx.astype(int), gw - 2)
     ty, tx = (fy - y0)[:, None, None], (fx - x0)[None, :, None]
     top = grid[y0][:, x0] * (1 - tx) + grid[y0][:, x0 + 1] * tx
     bottom = grid[y0 + 1][:, x0] * (1 - tx) + grid[y0 + 1][:, x0 + 1] * tx
-    image = top * (1 - ty) + bottom * ty
+    image = top * (1 - ty) + bottom * ty + rng.normal(0.0, rng.uniform(12.0, 24.0), size=(height, width, 3))
 
     ys, xs = np.arange(height)[:, None], np.arange(width)[None, :]
-    for _ in range(rng.integers(2, 9)):
+    for _ in range(rng.integers(1, 6)):
         (py, qy), (px, qx) = rng.uniform(0, height, 2), rng.uniform(0, width, 2)
         dy, dx = qy - py, qx - px
         t = np.clip(((ys - py) * dy + (xs - px) * dx) / max(dy * dy + dx * dx, 1e-6), 0.0, 1.0)
@@ -117,9 +121,9 @@ def render_shapes(
     rng: np.random.Generator,
     height: int,
     width: int,
-    min_objects: int = 2,
-    max_objects: int = 6,
-    scale_range: tuple[float, float] = (0.03, 0.4),
+    min_objects: int = 1,
+    max_objects: int = 4,
+    scale_range: tuple[float, float] = (0.05, 0.5),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render one sample as numpy arrays: uint8 image (H, W, 3) and uint8 mask (H, W)."""
     image = _background(rng, height, width)
@@ -178,9 +182,9 @@ class ShapesDataset(Dataset):
         num_samples: int = 1000,
         image_size: int | tuple[int, int] = 128,
         seed: int = 0,
-        min_objects: int = 2,
-        max_objects: int = 6,
-        scale_range: tuple[float, float] = (0.03, 0.4),
+        min_objects: int = 1,
+        max_objects: int = 4,
+        scale_range: tuple[float, float] = (0.05, 0.5),
         ignore_band: int = 0,
         cache: bool = False,
     ) -> None:

@@ -87,6 +87,7 @@ def classifier_conv(in_channels: int, num_classes: int, kernel_size: int = 1, ra
     conv = nn.Conv2d(in_channels, num_classes, kernel_size, padding=rate * (kernel_size - 1) // 2, dilation=rate)
     nn.init.normal_(conv.weight, std=0.01)
     nn.init.zeros_(conv.bias)
+    conv.is_classifier = True  # re-initialised when fine-tuning to another class count
     return conv
 
 

@@ -37,7 +37,7 @@ class FCNHead(nn.Sequential):
             nn.BatchNorm2d(mid),
             nn.ReLU(inplace=True),
             nn.Dropout(0.1),
-            nn.Conv2d(mid, num_classes, 1),
+            classifier_conv(mid, num_classes),
         )
 
 
@@ -62,6 +62,10 @@ class DeepLabNet(nn.Module):
         self.aux_classifier = FCNHead(self.backbone.mid_channels, num_classes) if aux else None
         self._output_stride = output_stride
         return rest
+
+    def classifier_names(self) -> list[str]:
+        """Module names of the layers that output class scores (main, per-rate and aux classifiers)."""
+        return [name for name, m in self.named_modules() if getattr(m, "is_classifier", False)]
 
     @property
     def output_stride(self) -> int:

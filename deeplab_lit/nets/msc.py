@@ -11,32 +11,35 @@ from torch import Tensor, nn
 from .deeplab import upsample_to
 
 
-class MSC(nn.Module):
-    """Run ``net`` at scale 1 and at ``scales``; ``"out"`` is the max over scales (V2 §4.1, Table 4).
-
-    ``"scales"`` holds every scale's logits at the input size, so training can put a loss on each.
+def multi_scale_forward(net: nn.Module, x: Tensor, scales: Sequence[float]) -> dict[str, Tensor]:
+    """``net`` at scale 1 and at ``scales``: ``"out"`` is the pixel-wise max (V2 §4.1, Table 4), ``"scales"``
+    every scale's logits at the input size, so training can put a loss on each.
     """
+    out = dict(net(x))
+    logits = [out["out"]]
+    for s in scales:
+        xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        logits.append(upsample_to(net(xs)["out"], x.shape[-2:]))
+    out["scales"] = logits
+    out["out"] = torch.stack(logits).amax(0)  # (B, classes, H, W)
+    return out
+
+
+def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    if not scales or any(s <= 0 for s in scales):
+        raise ValueError(f"MSC scales must be a non-empty list of positive numbers, got {tuple(scales)}")
+    return tuple(scales)
+
+
+class MSC(nn.Module):
+    """A network wrapped in V2's multi-scale input: scale 1 plus ``scales``, logits fused by max."""
 
     def __init__(self, net: nn.Module, scales: Sequence[float] = (0.75, 0.5)) -> None:
         super().__init__()
-        if not scales or any(s <= 0 for s in scales):
-            raise ValueError(f"MSC scales must be a non-empty list of positive numbers, got {tuple(scales)}")
-        self.net = net
-        self.scales = tuple(scales)
-
-    @property
-    def num_classes(self) -> int:
-        return self.net.num_classes
+        self.net, self.scales = net, check_scales(scales)
 
     def set_output_stride(self, output_stride: int) -> None:
         self.net.set_output_stride(output_stride)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        out = dict(self.net(x))
-        logits = [out["out"]]
-        for s in self.scales:
-            xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-            logits.append(upsample_to(self.net(xs)["out"], x.shape[-2:]))
-        out["scales"] = logits
-        out["out"] = torch.stack(logits).amax(0)  # (B, classes, H, W)
-        return out
+        return multi_scale_forward(self.net, x, self.scales)

@@ -1,0 +1,63 @@
+"""``python -m deeplab_lit fit|validate|test|predict``: LightningCLI over every generation and datamodule.
+
+python -m deeplab_lit fit --config experiments/configs/shapes/deeplabv3plus_mobilenetv2-os16_b16-12e_128.yaml
+python -m deeplab_lit fit --model DeepLabV3 --data ShapesDataModule --model.image_pooling false
+python -m deeplab_lit predict --config CONFIG --ckpt_path BEST.ckpt --data.predict_path images/
+"""
+
+from __future__ import annotations
+
+import yaml
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from . import data, systems  # noqa: F401  (registers the classes for --model NAME / --data NAME)
+from .callbacks import MetricsWriter, PredictionWriter
+from .data.datamodule import SegmentationDataModule
+from .systems import SegmentationModule
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Save ``config.yaml`` in the run folder and send the full resolved config to the logger (W&B)."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if trainer.logger is not None:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            trainer.logger.log_hyperparams({"config": config})
+
+
+class DeepLabCLI(LightningCLI):
+    """Links ``num_classes`` and the ignore label from the datamodule to the model; always checkpoints on
+    the best ``val/mIoU`` plus ``last.ckpt``, writes metric JSONs, and writes predictions.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.ignore_index", "model.init_args.ignore_index", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/mIoU",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:03d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(PredictionWriter, "prediction")
+        parser.add_lightning_class_args(MetricsWriter, "metrics")
+
+
+def main(args: list[str] | None = None, run: bool = True) -> DeepLabCLI:
+    return DeepLabCLI(
+        SegmentationModule,
+        SegmentationDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=LoggerSaveConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,  # the module owns its parameter groups and poly schedule
+        args=args,
+        run=run,
+    )

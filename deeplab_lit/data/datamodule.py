@@ -1,0 +1,195 @@
+"""LightningDataModules: the shared loader logic, the built-in Shapes data, and images to predict on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
+
+from .shapes import SHAPES_CLASSES, SHAPES_PALETTE, ShapesDataset
+from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+class Transformed(Dataset):
+    """Apply a joint (image, mask) transform to a dataset of ``(tv_tensors.Image, tv_tensors.Mask)``."""
+
+    def __init__(self, dataset: Dataset, transform: Callable) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.transform(*self.dataset[index])
+
+
+def pad_collate(batch: Sequence[tuple[Tensor, Tensor]], ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
+    """Stack (image, mask) pairs, padding different sizes right/bottom (image 0, mask ``ignore_index``).
+
+    Padded pixels are ignored by the loss and the metrics, so batching never changes a metric.
+    """
+    h = max(img.shape[-2] for img, _ in batch)
+    w = max(img.shape[-1] for img, _ in batch)
+    images = [F.pad(img, (0, w - img.shape[-1], 0, h - img.shape[-2])) for img, _ in batch]
+    masks = [F.pad(m, (0, w - m.shape[-1], 0, h - m.shape[-2]), value=ignore_index) for _, m in batch]
+    return torch.stack(images), torch.stack(masks)  # (B, 3, H, W), (B, H, W)
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """An image file, or the image files of a folder (sorted, recursive)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"predict path {path} is neither an image file nor a folder")
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path}")
+    return files
+
+
+class PredictImages(Dataset):
+    """Images to segment. An unreadable file yields an item with ``error`` set, so the run goes on."""
+
+    def __init__(self, path: str | Path, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.files = list_images(path)
+        self.transform = EvalPreset(mean, std)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.files[index]
+        try:
+            with Image.open(path) as im:
+                raw = TF.pil_to_tensor(im.convert("RGB"))  # (3, H, W) uint8
+        except (OSError, UnidentifiedImageError) as err:
+            return {
+                "path": str(path),
+                "error": f"cannot read image: {err}",
+                "image": torch.zeros(3, 1, 1),
+                "raw": torch.zeros(3, 1, 1, dtype=torch.uint8),
+            }
+        return {"path": str(path), "error": "", "image": self.transform(tv_tensors.Image(raw)), "raw": raw}
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Loaders shared by every dataset. Subclasses set ``num_classes``, ``class_names``, ``palette`` and
+    implement ``dataset(split)`` returning ``(tv_tensors.Image uint8, tv_tensors.Mask int64)`` pairs.
+    """
+
+    num_classes: int
+    class_names: tuple[str, ...]
+    palette: Sequence[tuple[int, int, int]]
+    ignore_index: int = IGNORE_INDEX
+
+    def __init__(
+        self,
+        batch_size: int = 16,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+        crop_size: int | tuple[int, int] = 513,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        scale_step: float | None = None,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        predict_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 2:
+            # BN after image pooling sees one value per channel per image: batch 1 cannot train it
+            raise ValueError(f"batch_size must be at least 2 for BatchNorm in training, got {batch_size}")
+        self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
+        self.crop_size, self.scale_range, self.scale_step = crop_size, scale_range, scale_step
+        self.mean, self.std = mean, std
+        self.predict_path = predict_path
+
+    def dataset(self, split: str) -> Dataset:
+        raise NotImplementedError
+
+    def train_transform(self) -> Callable:
+        return TrainPreset(
+            self.crop_size,
+            self.scale_range,
+            self.scale_step,
+            mean=self.mean,
+            std=self.std,
+            ignore_index=self.ignore_index,
+        )
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=pad_collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(Transformed(self.dataset("train"), self.train_transform()), self.batch_size, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(Transformed(self.dataset("val"), EvalPreset(self.mean, self.std)), self.val_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(Transformed(self.dataset("test"), EvalPreset(self.mean, self.std)), self.val_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_path is None:
+            raise ValueError("predict needs images: pass --data.predict_path FILE_OR_FOLDER")
+        return DataLoader(
+            PredictImages(self.predict_path, self.mean, self.std), batch_size=1, num_workers=self.num_workers
+        )
+
+
+class ShapesDataModule(SegmentationDataModule):
+    """The built-in Shapes data (see ``ShapesDataset``): no download, deterministic by seed.
+
+    Splits use disjoint seeds (train ``seed``, val ``seed + 1``, test ``seed + 2``).
+    """
+
+    num_classes = len(SHAPES_CLASSES)
+    class_names = SHAPES_CLASSES
+    palette = SHAPES_PALETTE
+
+    def __init__(
+        self,
+        num_train: int = 2000,
+        num_val: int = 200,
+        num_test: int = 200,
+        image_size: int = 128,
+        seed: int = 0,
+        ignore_band: int = 0,
+        batch_size: int = 16,
+        val_batch_size: int = 16,
+        num_workers: int = 1,
+        crop_size: int | tuple[int, int] | None = None,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        predict_path: str | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size, val_batch_size, num_workers, crop_size or image_size, scale_range, predict_path=predict_path
+        )
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self.image_size, self.seed, self.ignore_band = image_size, seed, ignore_band
+
+    def dataset(self, split: str) -> Dataset:
+        offset = ("train", "val", "test").index(split)
+        return ShapesDataset(
+            self.sizes[split], self.image_size, self.seed + offset, ignore_band=self.ignore_band, cache=True
+        )

@@ -1,0 +1,270 @@
+"""SegmentationModule: the one Lightning layer over any DeepLab network.
+
+One shared step for train/val/test: forward → logits upsampled to the label size → cross-entropy (ignore 255)
+[+ aux loss, + every MSC scale's loss, optional hard-pixel mining] → dataset-level metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+
+from ..metrics import SegmentationMetrics
+from ..nets import DeepLabNet, convert_torchvision_deeplabv3, load_checked, upsample_to
+from ..nets.msc import check_scales, multi_scale_forward
+from ..nets.weights import read_state_dict
+
+STAGES = ("train", "val", "test")
+
+
+def hard_pixel_loss(logits: Tensor, target: Tensor, ignore_index: int, top_k_percent: float) -> Tensor:
+    """Cross-entropy over the labelled pixels; with ``top_k_percent < 1`` only over the hardest such pixels
+    (online hard example mining, TF DeepLab's ``top_k_percent_pixels``).
+    """
+    if top_k_percent >= 1.0:
+        return F.cross_entropy(logits, target, ignore_index=ignore_index)
+    losses = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none").flatten()
+    losses = losses[target.flatten() != ignore_index]
+    if losses.numel() == 0:
+        return logits.sum() * 0.0
+    k = max(1, math.ceil(top_k_percent * losses.numel()))
+    return losses.topk(k, sorted=False).values.mean()
+
+
+class SegmentationModule(L.LightningModule):
+    """Training, evaluation and prediction for a DeepLab network built by a subclass.
+
+    Args:
+        net: the network (pure PyTorch, returns ``{"out", ["aux"]}``).
+        num_classes: classes; linked from the datamodule by the CLI.
+        ignore_index: label ignored by the loss and metrics; linked from the datamodule.
+        lr, momentum, weight_decay: the default optimizer, SGD as in the papers.
+        optimizer: any torch optimizer instead (``--model.optimizer AdamW --model.optimizer.lr 1e-4``).
+        head_lr_mult: learning-rate multiplier of everything but the backbone (the papers' 10×).
+        poly_power: poly schedule ``(1 - step / total) ** power``, stepped every iteration.
+        aux_weight: weight of the auxiliary head's loss, when the network has one.
+        top_k_percent_pixels: train on this fraction of the hardest labelled pixels (1.0 = all).
+        freeze_bn: keep BatchNorm statistics and affine parameters fixed (the papers' second stage).
+        eval_output_stride: output stride for validation/test/predict (V3: train at 16, evaluate at 8).
+        msc_scales: V2's multi-scale input for training and evaluation, e.g. ``[0.75, 0.5]`` (scale 1 implied).
+        init_from: start from a checkpoint, a network state dict or a torchvision DeepLabV3 state dict.
+        reset_classifier: with ``init_from``, re-initialise only the classifiers (fine-tuning to new classes).
+        channels_last: run the network in channels-last memory format (faster with bf16 and on GPUs).
+    """
+
+    def __init__(
+        self,
+        net: DeepLabNet,
+        num_classes: int = 21,
+        ignore_index: int = 255,
+        lr: float = 0.007,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        optimizer: OptimizerCallable | None = None,
+        head_lr_mult: float = 10.0,
+        poly_power: float = 0.9,
+        aux_weight: float = 0.4,
+        top_k_percent_pixels: float = 1.0,
+        freeze_bn: bool = False,
+        eval_output_stride: int | None = None,
+        msc_scales: Sequence[float] | None = None,
+        init_from: str | None = None,
+        reset_classifier: bool = False,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        if not 0.0 < top_k_percent_pixels <= 1.0:
+            raise ValueError(f"top_k_percent_pixels must be in (0, 1], got {top_k_percent_pixels}")
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.msc_scales = check_scales(msc_scales) if msc_scales is not None else None
+        self.train_output_stride = net.output_stride
+        if eval_output_stride is not None:
+            net.backbone.check_output_stride(eval_output_stride)
+        if init_from:
+            self.load_network(init_from, reset_classifier)
+        if freeze_bn:
+            for m in self._batch_norms():
+                m.requires_grad_(False)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.metrics = nn.ModuleDict({f"{s}_metrics": SegmentationMetrics(num_classes, ignore_index) for s in STAGES})
+        self.results: dict[str, dict[str, Tensor]] = {}
+
+    # -- network -----------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.msc_scales:
+            return multi_scale_forward(self.net, x, self.msc_scales)
+        return self.net(x)
+
+    def _batch_norms(self) -> list[nn.Module]:
+        return [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def train(self, mode: bool = True) -> SegmentationModule:
+        super().train(mode)
+        if mode and self.hparams.freeze_bn:
+            for m in self._batch_norms():
+                m.eval()
+        return self
+
+    def load_network(self, source: str, reset_classifier: bool = False) -> None:
+        """Load network weights from a Lightning checkpoint, a network state dict or torchvision's DeepLabV3.
+
+        A different class count is an error unless ``reset_classifier`` re-initialises the classifiers.
+        """
+        state = read_state_dict(source, "deeplab")
+        if any(k.startswith("net.") for k in state):
+            state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
+        elif any(k.startswith("classifier.0.convs.") for k in state):
+            state = convert_torchvision_deeplabv3(state)
+        own = self.net.state_dict()
+        heads = tuple(f"{name}." for name in self.net.classifier_names())
+        head_keys = [k for k in own if k.startswith(heads)]
+        if reset_classifier:
+            state = {k: v for k, v in state.items() if not k.startswith(heads)}
+            state.update({k: own[k] for k in head_keys})
+        else:
+            bad = [k for k in head_keys if k in state and state[k].shape != own[k].shape]
+            if bad:
+                raise ValueError(
+                    f"{source} was trained for {state[bad[0]].shape[0]} classes, this model has "
+                    f"{self.hparams.num_classes}; pass reset_classifier=True (--model.reset_classifier true) "
+                    "to fine-tune with new classifiers"
+                )
+        load_checked(self.net, state, source=source)
+
+    # -- output stride at evaluation -----------------------------------------------------------------------
+    def _use_output_stride(self, output_stride: int | None) -> None:
+        if output_stride is not None and output_stride != self.net.output_stride:
+            self.net.set_output_stride(output_stride)
+
+    def on_validation_model_eval(self) -> None:
+        super().on_validation_model_eval()
+        self._use_output_stride(self.hparams.eval_output_stride)
+
+    def on_validation_model_train(self) -> None:
+        self._use_output_stride(self.train_output_stride)
+        super().on_validation_model_train()
+
+    def on_test_model_eval(self) -> None:
+        super().on_test_model_eval()
+        self._use_output_stride(self.hparams.eval_output_stride)
+
+    def on_predict_model_eval(self) -> None:
+        super().on_predict_model_eval()
+        self._use_output_stride(self.hparams.eval_output_stride)
+
+    # -- the shared step -----------------------------------------------------------------------------------
+    def shared_step(self, batch: tuple[Tensor, Tensor], stage: str, batch_idx: int) -> Tensor:
+        x, y = batch  # (B, 3, H, W) float, (B, H, W) int64
+        out = self(x)
+        logits = upsample_to(out["out"], y.shape[-2:])  # (B, classes, H, W)
+        top_k = self.hparams.top_k_percent_pixels if stage == "train" else 1.0
+        ignore = self.hparams.ignore_index
+        loss = hard_pixel_loss(logits, y, ignore, top_k)
+        for scale_logits in out.get("scales", []) if stage == "train" else []:
+            loss = loss + hard_pixel_loss(upsample_to(scale_logits, y.shape[-2:]), y, ignore, top_k)
+        if "aux" in out:
+            aux = hard_pixel_loss(upsample_to(out["aux"], y.shape[-2:]), y, ignore, top_k)
+            loss = loss + self.hparams.aux_weight * aux
+        if stage == "train" and not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss ({loss.item()}) at global step {self.global_step}, epoch {self.current_epoch}, "
+                f"batch {batch_idx}; the weights before this step are in the last checkpoint"
+            )
+        self.metrics[f"{stage}_metrics"].update(logits.detach().argmax(1), y)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            batch_size=x.shape[0],
+            prog_bar=stage == "train",
+            sync_dist=stage != "train",
+        )
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "train", batch_idx)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "val", batch_idx)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "test", batch_idx)
+
+    def _log_metrics(self, stage: str) -> None:
+        results = self.metrics[f"{stage}_metrics"].compute()
+        self.metrics[f"{stage}_metrics"].reset()
+        if self.trainer.sanity_checking:
+            return
+        self.results[stage] = results
+        names = getattr(self.trainer.datamodule, "class_names", None) or range(self.hparams.num_classes)
+        self.log(f"{stage}/mIoU", results["mIoU"].float(), prog_bar=True)
+        scalars = {f"{stage}/{k}": results[k].float() for k in ("pixel_acc", "mean_acc", "fwIoU")}
+        scalars.update({f"{stage}/IoU/{name}": iou.float() for name, iou in zip(names, results["IoU"], strict=False)})
+        self.log_dict(scalars)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    # -- prediction ------------------------------------------------------------------------------------------
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Per image: path, label map (H, W) uint8 or an error message for an unreadable file."""
+        results = []
+        for i, path in enumerate(batch["path"]):
+            if batch["error"][i]:
+                results.append({"path": path, "error": batch["error"][i]})
+                continue
+            logits = self(batch["image"][i : i + 1])["out"]
+            raw = batch["raw"][i]
+            labels = upsample_to(logits, raw.shape[-2:]).argmax(1)[0].to(torch.uint8)
+            results.append({"path": path, "error": "", "labels": labels.cpu(), "image": raw.cpu()})
+        return results
+
+    # -- optimisation ----------------------------------------------------------------------------------------
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Backbone at the base LR, the rest at ``head_lr_mult``×; no weight decay on BN weights and biases."""
+        backbone = {id(p) for p in self.net.backbone.parameters()}
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for p in self.net.parameters():
+            if p.requires_grad:
+                groups.setdefault((id(p) in backbone, p.ndim > 1), []).append(p)
+        return [
+            {
+                "params": params,
+                "lr_mult": 1.0 if is_backbone else self.hparams.head_lr_mult,
+                **({} if decay else {"weight_decay": 0.0}),
+            }
+            for (is_backbone, decay), params in sorted(groups.items(), reverse=True)
+        ]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        groups = self.param_groups()
+        if self.optimizer_factory is not None:
+            optimizer = self.optimizer_factory(groups)
+        else:
+            hp = self.hparams
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        for group in optimizer.param_groups:
+            group["lr"] *= group["lr_mult"]
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        power = self.hparams.poly_power
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1.0 - min(step, total) / total) ** power)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
