@@ -1,6 +1,16 @@
 """Datasets, DeepLab augmentation presets and LightningDataModules."""
 
-from .datamodule import SegmentationDataModule, ShapesDataModule
+from .datamodule import SegmentationDataModule, ShapesDataModule, VOCDataModule
 from .shapes import SHAPES_CLASSES, ShapesDataset
+from .voc import VOC_CLASSES, DataError, VOCSegmentation
 
-__all__ = ["SHAPES_CLASSES", "SegmentationDataModule", "ShapesDataModule", "ShapesDataset"]
+__all__ = [
+    "SHAPES_CLASSES",
+    "VOC_CLASSES",
+    "DataError",
+    "SegmentationDataModule",
+    "ShapesDataModule",
+    "ShapesDataset",
+    "VOCDataModule",
+    "VOCSegmentation",
+]

@@ -17,6 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .shapes import SHAPES_CLASSES, SHAPES_PALETTE, ShapesDataset
 from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset
+from .voc import VOC_CLASSES, VOCSegmentation, voc_palette
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -193,3 +194,45 @@ class ShapesDataModule(SegmentationDataModule):
         return ShapesDataset(
             self.sizes[split], self.image_size, self.seed + offset, ignore_band=self.ignore_band, cache=True
         )
+
+
+class VOCDataModule(SegmentationDataModule):
+    """PASCAL VOC 2012 (``root`` = ``VOCdevkit`` or ``VOCdevkit/VOC2012``); DeepLab's 513 crop by default.
+
+    The splits are checked when the datamodule is set up, before any training step.
+    """
+
+    num_classes = len(VOC_CLASSES)
+    class_names = VOC_CLASSES
+    palette = voc_palette()
+
+    def __init__(
+        self,
+        root: str = "data/VOCdevkit",
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "val",
+        batch_size: int = 16,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+        crop_size: int | tuple[int, int] = 513,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        scale_step: float | None = None,
+        predict_path: str | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size, val_batch_size, num_workers, crop_size, scale_range, scale_step, predict_path=predict_path
+        )
+        self.root = root
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self._datasets: dict[str, VOCSegmentation] = {}
+
+    def setup(self, stage: str) -> None:
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
+        for split in needed:
+            self.dataset(split)
+
+    def dataset(self, split: str) -> Dataset:
+        if split not in self._datasets:
+            self._datasets[split] = VOCSegmentation(self.root, self.splits[split])
+        return self._datasets[split]

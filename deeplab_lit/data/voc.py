@@ -1,0 +1,147 @@
+"""PASCAL VOC 2012 segmentation in its on-disk layout, with checks that name the file and the problem.
+
+VOCdevkit/VOC2012/JPEGImages/<id>.jpg
+VOCdevkit/VOC2012/SegmentationClass/<id>.png        palette PNG: pixel values are labels, 255 = boundary
+VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from .transforms import IGNORE_INDEX
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+
+class DataError(ValueError):
+    """A dataset file or layout problem, raised before training with the file named."""
+
+
+def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
+    """VOC's colour map: the bits of the label spread over the high bits of R, G and B."""
+    palette = []
+    for label in range(n):
+        r = g = b = 0
+        c = label
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An RGB image (H, W, 3) uint8; grayscale/RGBA/CMYK are converted, unreadable files raise ``DataError``."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"image {path} is missing") from None
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        raise DataError(f"image {path} is corrupt or truncated: {err}") from None
+
+
+def read_mask(path: Path, num_classes: int, palette: list[tuple[int, int, int]]) -> np.ndarray:
+    """A label map (H, W) uint8 from a palette or grayscale PNG; an RGB mask only in the dataset's palette."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "L", "I", "I;16"):
+                labels = np.asarray(im if im.mode == "P" else im.convert("I")).astype(np.int64)
+            elif im.mode in ("RGB", "RGBA"):
+                labels = _labels_from_colours(np.asarray(im.convert("RGB")), palette, num_classes, path)
+            else:
+                raise DataError(f"mask {path} has mode {im.mode}; expected a palette or grayscale PNG")
+    except FileNotFoundError:
+        raise DataError(f"mask {path} is missing") from None
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        raise DataError(f"mask {path} is corrupt or truncated: {err}") from None
+    bad = np.unique(labels[(labels >= num_classes) & (labels != IGNORE_INDEX)])
+    if bad.size:
+        raise DataError(
+            f"mask {path} has label values {bad[:10].tolist()} outside [0, {num_classes}) and {IGNORE_INDEX}"
+        )
+    return labels.astype(np.uint8)
+
+
+def _labels_from_colours(rgb: np.ndarray, palette: list, num_classes: int, path: Path) -> np.ndarray:
+    codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    table = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(palette[:num_classes])}
+    table[(224 << 16) | (224 << 8) | 192] = IGNORE_INDEX  # VOC's boundary colour
+    values, inverse = np.unique(codes, return_inverse=True)
+    unknown = [v for v in values.tolist() if v not in table]
+    if unknown:
+        colours = [((v >> 16) & 255, (v >> 8) & 255, v & 255) for v in unknown[:5]]
+        raise DataError(f"mask {path} is an RGB image with colours {colours} that are not in the class palette")
+    return np.array([table[v] for v in values.tolist()])[inverse].reshape(codes.shape)
+
+
+def read_split(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError(f"split file {path} is missing")
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"split file {path} is empty")
+    return ids
+
+
+def load_pair(image: Path, mask: Path, num_classes: int, palette: list) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    """Read and check one (image, mask) pair: same size, labels in range."""
+    rgb, labels = read_image(image), read_mask(mask, num_classes, palette)
+    if rgb.shape[:2] != labels.shape:
+        raise DataError(
+            f"mask {mask} is {labels.shape[1]}x{labels.shape[0]} but image {image} is {rgb.shape[1]}x{rgb.shape[0]}"
+        )
+    return (
+        tv_tensors.Image(torch.from_numpy(rgb.copy()).permute(2, 0, 1)),  # (3, H, W) uint8
+        tv_tensors.Mask(torch.from_numpy(labels.astype(np.int64))),  # (H, W) int64
+    )
+
+
+class VOCSegmentation(Dataset):
+    """VOC 2012 segmentation. ``root`` is ``VOCdevkit`` or ``VOCdevkit/VOC2012``.
+
+    Construction is the cheap check: layout, split list, every listed file present, the first pair decodes.
+    """
+
+    num_classes = len(VOC_CLASSES)
+
+    def __init__(self, root: str | Path, split: str = "train") -> None:
+        root = Path(root)
+        if (root / "VOC2012").is_dir():
+            root = root / "VOC2012"
+        expected = ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation")
+        missing = [d for d in expected if not (root / d).is_dir()]
+        if missing:
+            raise DataError(
+                f"{root} is not a VOC 2012 root: missing {', '.join(missing)}; expected VOCdevkit/VOC2012/"
+                "{JPEGImages, SegmentationClass, ImageSets/Segmentation/<split>.txt}"
+            )
+        self.ids = read_split(root / "ImageSets/Segmentation" / f"{split}.txt")
+        self.images = [root / "JPEGImages" / f"{i}.jpg" for i in self.ids]
+        self.masks = [root / "SegmentationClass" / f"{i}.png" for i in self.ids]
+        for image, mask in zip(self.images, self.masks, strict=True):
+            for path, kind in ((image, "image"), (mask, "mask")):
+                if not path.is_file():
+                    raise DataError(f"{kind} {path} listed in {split}.txt is missing")
+        self.palette = voc_palette()
+        self[0]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        return load_pair(self.images[index], self.masks[index], self.num_classes, self.palette)

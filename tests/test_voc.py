@@ -1,0 +1,155 @@
+"""VOC 2012 in its exact on-disk layout: reading, agreement with torchvision, bad input, the VOC recipes."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from deeplab_lit.cli import main
+from deeplab_lit.data import DataError, VOCDataModule, VOCSegmentation
+from deeplab_lit.data.voc import voc_palette
+
+SPLITS = {"train": ["2007_000032", "2007_000039", "2007_000063"], "val": ["2007_000033", "2007_000042"]}
+
+
+def write_pair(root: Path, name: str, size: tuple[int, int], rng: np.random.Generator, max_label: int = 20) -> None:
+    h, w = size
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{name}.jpg")
+    labels = rng.integers(0, max_label + 1, (h, w)).astype(np.uint8)
+    labels[0, :] = 255  # boundary band
+    mask = Image.fromarray(labels, mode="P")
+    mask.putpalette([c for rgb in voc_palette() for c in rgb])
+    mask.save(root / "SegmentationClass" / f"{name}.png")
+
+
+@pytest.fixture
+def voc(tmp_path) -> Path:
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, ids in SPLITS.items():
+        (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        for i, name in enumerate(ids):
+            write_pair(root, name, (40 + i, 48), rng)
+    return tmp_path / "VOCdevkit"
+
+
+def test_reads_images_and_palette_labels(voc) -> None:
+    ds = VOCSegmentation(voc, "train")
+    assert len(ds) == 3
+    image, mask = ds[1]
+    assert image.dtype == torch.uint8 and image.shape == (3, 41, 48)
+    assert mask.dtype == torch.int64 and mask.shape == (41, 48)
+    expected = np.asarray(Image.open(voc / "VOC2012/SegmentationClass/2007_000039.png"))
+    assert torch.equal(mask, torch.from_numpy(expected.astype(np.int64)))
+    assert (mask[0] == 255).all() and mask[1:].max() <= 20
+
+
+def test_agrees_with_torchvision_voc_reader(voc) -> None:
+    ours = VOCSegmentation(voc, "val")
+    ref = torchvision.datasets.VOCSegmentation(str(voc.parent), year="2012", image_set="val")
+    for i in range(len(ours)):
+        image, mask = ours[i]
+        ref_image, ref_mask = ref[i]
+        assert torch.equal(image, torch.from_numpy(np.asarray(ref_image)).permute(2, 0, 1))
+        assert torch.equal(mask, torch.from_numpy(np.asarray(ref_mask).astype(np.int64)))
+
+
+def test_rgb_masks_in_the_palette_are_converted_others_rejected(voc) -> None:
+    root = voc / "VOC2012"
+    mask_path = root / "SegmentationClass/2007_000032.png"
+    labels = np.asarray(Image.open(mask_path))
+    rgb = np.array(voc_palette(), dtype=np.uint8)[labels]
+    Image.fromarray(rgb).save(mask_path)
+    assert torch.equal(VOCSegmentation(voc, "train")[0][1], torch.from_numpy(labels.astype(np.int64)))
+    rgb[5, 5] = (1, 2, 3)
+    Image.fromarray(rgb).save(mask_path)
+    with pytest.raises(DataError, match=r"2007_000032.png is an RGB image with colours \[\(1, 2, 3\)\]"):
+        VOCSegmentation(voc, "train")
+
+
+def break_missing_mask(root: Path) -> None:
+    (root / "SegmentationClass/2007_000039.png").unlink()
+
+
+def break_corrupt_image(root: Path) -> None:
+    (root / "JPEGImages/2007_000032.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+
+
+def break_size(root: Path) -> None:
+    Image.new("P", (10, 10)).save(root / "SegmentationClass/2007_000032.png")
+
+
+def break_labels(root: Path) -> None:
+    labels = np.zeros((40, 48), np.uint8)
+    labels[3, 3] = 42
+    mask = Image.fromarray(labels, mode="P")
+    mask.putpalette([c for rgb in voc_palette() for c in rgb])  # a full palette keeps PIL from remapping indices
+    mask.save(root / "SegmentationClass/2007_000032.png")
+
+
+def break_split(root: Path) -> None:
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n\n")
+
+
+def break_layout(root: Path) -> None:
+    (root / "SegmentationClass").rename(root / "Masks")
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (break_missing_mask, r"mask .*2007_000039.png listed in train.txt is missing"),
+        (break_corrupt_image, r"image .*2007_000032.jpg is corrupt or truncated"),
+        (break_size, r"mask .*2007_000032.png is 10x10 but image .*2007_000032.jpg is 48x40"),
+        (break_labels, r"mask .*2007_000032.png has label values \[42\] outside \[0, 21\)"),
+        (break_split, r"split file .*train.txt is empty"),
+        (break_layout, r"is not a VOC 2012 root: missing SegmentationClass"),
+    ],
+    ids=lambda v: getattr(v, "__name__", ""),
+)
+def test_bad_input_names_the_file_and_the_problem(voc, damage, match) -> None:
+    damage(voc / "VOC2012")
+    with pytest.raises(DataError, match=match):
+        VOCSegmentation(voc, "train")[0]  # construction checks; the first pair decodes
+
+
+def test_wrong_root_is_caught_at_setup_before_training(tmp_path) -> None:
+    with pytest.raises(DataError, match="not a VOC 2012 root"):
+        VOCDataModule(root=str(tmp_path)).setup("fit")
+
+
+@pytest.mark.parametrize("config", sorted(Path("experiments/configs/voc").glob("*.yaml")), ids=lambda p: p.stem)
+def test_voc_recipes_run_on_a_tiny_tree(voc, tmp_path, config) -> None:
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.fast_dev_run",
+            "1",
+            "--trainer.precision",
+            "32-true",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--model.init_args.backbone_weights",
+            "null",
+            "--data.init_args.root",
+            str(voc),
+            "--data.init_args.crop_size",
+            "33",
+            "--data.init_args.batch_size",
+            "2",
+            "--data.init_args.num_workers",
+            "0",
+        ]
+    )
+    assert cli.trainer.global_step == 1 and cli.model.hparams.num_classes == 21
