@@ -1,6 +1,6 @@
 """Datasets, DeepLab augmentation presets and LightningDataModules."""
 
-from .datamodule import SegmentationDataModule, ShapesDataModule, VOCDataModule
+from .datamodule import FolderDataModule, SegmentationDataModule, ShapesDataModule, VOCDataModule
 from .shapes import SHAPES_CLASSES, ShapesDataset
 from .voc import VOC_CLASSES, DataError, VOCSegmentation
 
@@ -8,6 +8,7 @@ __all__ = [
     "SHAPES_CLASSES",
     "VOC_CLASSES",
     "DataError",
+    "FolderDataModule",
     "SegmentationDataModule",
     "ShapesDataModule",
     "ShapesDataset",

@@ -15,11 +15,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
+from .folder import FolderSegmentation
 from .shapes import SHAPES_CLASSES, SHAPES_PALETTE, ShapesDataset
 from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset
-from .voc import VOC_CLASSES, VOCSegmentation, voc_palette
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+from .voc import IMAGE_SUFFIXES, VOC_CLASSES, VOCSegmentation, voc_palette
 
 
 class Transformed(Dataset):
@@ -236,3 +235,35 @@ class VOCDataModule(SegmentationDataModule):
         if split not in self._datasets:
             self._datasets[split] = VOCSegmentation(self.root, self.splits[split])
         return self._datasets[split]
+
+
+class FolderDataModule(SegmentationDataModule):
+    """Your own data: ``<root>/{train,val[,test]}/{images,masks}``, masks holding class indices, 255 = ignore.
+
+    ``class_names`` sets the number of classes; ``colors`` (RGB per class) colour predictions and let RGB masks in
+    those colours be read. The test split falls back to ``val`` when ``<root>/test`` does not exist.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        class_names: list[str],
+        colors: list[tuple[int, int, int]] | None = None,
+        batch_size: int = 8,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+        crop_size: int | tuple[int, int] = 513,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        predict_path: str | None = None,
+    ) -> None:
+        super().__init__(batch_size, val_batch_size, num_workers, crop_size, scale_range, predict_path=predict_path)
+        if colors is not None and len(colors) != len(class_names):
+            raise ValueError(f"{len(colors)} colors given for {len(class_names)} classes")
+        self.root, self.class_names = root, tuple(class_names)
+        self.num_classes = len(class_names)
+        self.palette = [tuple(c) for c in colors] if colors else voc_palette()
+
+    def dataset(self, split: str) -> Dataset:
+        if split == "test" and not (Path(self.root) / "test").is_dir():
+            split = "val"
+        return FolderSegmentation(self.root, split, self.num_classes, self.palette)

@@ -23,6 +23,9 @@ VOC_CLASSES = (
 )  # fmt: skip
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
 class DataError(ValueError):
     """A dataset file or layout problem, raised before training with the file named."""
 

@@ -1,0 +1,50 @@
+"""Custom data: ``images/`` and ``masks/`` folders paired by file stem, with a class list."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from .voc import IMAGE_SUFFIXES, DataError, load_pair, voc_palette
+
+
+class FolderSegmentation(Dataset):
+    """``<root>/<split>/images/<stem>.<ext>`` with ``<root>/<split>/masks/<stem>.png`` (labels as pixel values).
+
+    Construction checks the layout, that every image has its mask (and the reverse), and decodes one pair.
+    """
+
+    def __init__(self, root: str | Path, split: str, num_classes: int, palette: Sequence | None = None) -> None:
+        folder = Path(root) / split
+        images_dir, masks_dir = folder / "images", folder / "masks"
+        for d in (images_dir, masks_dir):
+            if not d.is_dir():
+                raise DataError(f"{d} is missing; expected {folder}/images/<stem>.<ext> and {folder}/masks/<stem>.png")
+        images = {p.stem: p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() == ".png"}
+        if not images:
+            raise DataError(f"{images_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        unpaired = sorted(set(images) ^ set(masks))
+        if unpaired:
+            stem = unpaired[0]
+            which = (
+                f"image {images[stem]} has no mask in {masks_dir}"
+                if stem in images
+                else (f"mask {masks[stem]} has no image in {images_dir}")
+            )
+            raise DataError(f"{which} ({len(unpaired)} unpaired)")
+        self.stems = sorted(images)
+        self.images = [images[s] for s in self.stems]
+        self.masks = [masks[s] for s in self.stems]
+        self.num_classes = num_classes
+        self.palette = list(palette) if palette else voc_palette()
+        self[0]
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        return load_pair(self.images[index], self.masks[index], self.num_classes, self.palette)

@@ -1,0 +1,76 @@
+"""Custom folders: images/ + masks/ by stem, a class list, clear errors for unpaired or bad files."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deeplab_lit.cli import main
+from deeplab_lit.data import DataError, FolderDataModule
+from deeplab_lit.data.folder import FolderSegmentation
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2)):
+        (tmp_path / split / "images").mkdir(parents=True)
+        (tmp_path / split / "masks").mkdir()
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (36, 44, 3), dtype=np.uint8)).save(
+                tmp_path / split / "images" / f"f{i}.jpg"
+            )
+            labels = rng.integers(0, 3, (36, 44)).astype(np.uint8)
+            labels[:2] = 255
+            Image.fromarray(labels, mode="L").save(tmp_path / split / "masks" / f"f{i}.png")
+    return tmp_path
+
+
+def test_reads_pairs_by_stem(folder) -> None:
+    ds = FolderSegmentation(folder, "train", num_classes=3)
+    assert len(ds) == 4 and ds.stems == ["f0", "f1", "f2", "f3"]
+    image, mask = ds[2]
+    assert image.shape == (3, 36, 44)
+    assert (mask.numpy() == np.asarray(Image.open(folder / "train/masks/f2.png"))).all()
+
+
+def test_unpaired_and_out_of_range_files_are_named(folder) -> None:
+    (folder / "train/masks/f3.png").unlink()
+    with pytest.raises(DataError, match=r"image .*f3.jpg has no mask in .*train/masks \(1 unpaired\)"):
+        FolderSegmentation(folder, "train", num_classes=3)
+    with pytest.raises(DataError, match=r"f0.png has label values \[2\] outside \[0, 2\)"):
+        FolderSegmentation(folder, "val", num_classes=2)
+    with pytest.raises(DataError, match=r"test/images is missing"):
+        FolderSegmentation(folder, "test", num_classes=3)
+
+
+def test_folder_datamodule_trains_through_the_cli(folder, tmp_path) -> None:
+    cli = main(
+        [
+            "fit",
+            "--model",
+            "DeepLabV3Plus",
+            "--model.backbone",
+            "mobilenet_v2",
+            "--data",
+            "FolderDataModule",
+            "--data.root",
+            str(folder),
+            "--data.class_names",
+            "[sky, road, car]",
+            "--data.crop_size",
+            "32",
+            "--data.batch_size",
+            "2",
+            "--data.num_workers",
+            "0",
+            "--trainer.fast_dev_run",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    assert cli.model.hparams.num_classes == 3 and cli.trainer.global_step == 1
+    with pytest.raises(ValueError, match="2 colors given for 3 classes"):
+        FolderDataModule(str(folder), ["a", "b", "c"], colors=[(0, 0, 0), (1, 1, 1)])
