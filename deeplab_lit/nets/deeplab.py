@@ -76,13 +76,13 @@ class DeepLabNet(nn.Module):
         self.backbone.set_output_stride(output_stride)
         self._output_stride = output_stride
 
-    def logits(self, feats: Features, size: Sequence[int]) -> Tensor:
+    def logits(self, feats: Features) -> Tensor:
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         size = x.shape[-2:]
         feats = self.backbone(x)
-        out = {"out": upsample_to(self.logits(feats, size), size)}  # (B, classes, H, W)
+        out = {"out": upsample_to(self.logits(feats), size)}  # (B, classes, H, W)
         if self.aux_classifier is not None:
             out["aux"] = upsample_to(self.aux_classifier(feats["mid"]), size)
         return out
@@ -161,7 +161,7 @@ class DeepLabV1Net(DeepLabNet):
             out["aux"] = upsample_to(self.aux_classifier(stages[4]), x.shape[-2:])
         return out
 
-    def logits(self, feats: Features, size: Sequence[int]) -> Tensor:
+    def logits(self, feats: Features) -> Tensor:
         return self.classifier(self.fc(feats["out"]))
 
 
@@ -197,7 +197,7 @@ class DeepLabV2Net(DeepLabNet):
         super().set_output_stride(output_stride)
         self.aspp.set_output_stride(output_stride)
 
-    def logits(self, feats: Features, size: Sequence[int]) -> Tensor:
+    def logits(self, feats: Features) -> Tensor:
         return self.aspp(feats["out"])
 
 
@@ -262,7 +262,7 @@ class DeepLabV3Net(DeepLabNet):
         x = self.cascade(feats["out"]) if self.cascade is not None else self.aspp(feats["out"])
         return self.head(x)  # (B, 256, H/OS, W/OS) with ASPP
 
-    def logits(self, feats: Features, size: Sequence[int]) -> Tensor:
+    def logits(self, feats: Features) -> Tensor:
         return self.classifier(self.encode(feats))
 
 
@@ -316,7 +316,7 @@ class DeepLabV3PlusNet(DeepLabV3Net):
             )
             self.classifier = classifier_conv(decoder_channels, num_classes)
 
-    def logits(self, feats: Features, size: Sequence[int]) -> Tensor:
+    def logits(self, feats: Features) -> Tensor:
         x = self.encode(feats)
         if self.decoder is not None:
             x = self.decoder(x, feats["low_level"])  # (B, 256, H/4, W/4)
