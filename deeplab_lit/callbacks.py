@@ -64,11 +64,13 @@ class PredictionWriter(BasePredictionWriter):
     Args:
         output_dir: folder for the files; default ``<run folder>/predictions``.
         overlay_alpha: opacity of the colour mask over the image in the overlays.
+        label_ids: also write ``<stem>_labelIds.png`` in the dataset's official label ids (Cityscapes), the
+            input of the official evaluation script.
     """
 
-    def __init__(self, output_dir: str | None = None, overlay_alpha: float = 0.5) -> None:
+    def __init__(self, output_dir: str | None = None, overlay_alpha: float = 0.5, label_ids: bool = False) -> None:
         super().__init__(write_interval="batch")
-        self.output_dir, self.overlay_alpha = output_dir, overlay_alpha
+        self.output_dir, self.overlay_alpha, self.label_ids = output_dir, overlay_alpha, label_ids
         self.fractions: dict[str, dict[str, float]] = {}
         self.failures: dict[str, str] = {}
 
@@ -76,6 +78,11 @@ class PredictionWriter(BasePredictionWriter):
         return Path(self.output_dir) if self.output_dir else run_dir(trainer) / "predictions"
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.label_ids and not hasattr(trainer.datamodule, "to_label_ids"):
+            raise ValueError(
+                f"--prediction.label_ids needs a dataset with official label ids (Cityscapes); "
+                f"{type(trainer.datamodule).__name__} has none"
+            )
         self.fractions, self.failures = {}, {}
 
     def write_on_batch_end(
@@ -101,6 +108,8 @@ class PredictionWriter(BasePredictionWriter):
             stem = Path(item["path"]).stem
             mask = colorize(labels, palette)
             mask.save(out / f"{stem}.png")
+            if self.label_ids:
+                Image.fromarray(trainer.datamodule.to_label_ids(labels)).save(out / f"{stem}_labelIds.png")
             image = Image.fromarray(item["image"].permute(1, 2, 0).numpy())
             Image.blend(image, mask.convert("RGB"), self.overlay_alpha).save(out / f"{stem}_overlay.png")
             counts = np.bincount(labels.ravel(), minlength=len(names)) / labels.size

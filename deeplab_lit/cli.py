@@ -3,9 +3,12 @@
 python -m deeplab_lit fit --config experiments/configs/shapes/deeplabv3plus_mobilenetv2-os16_b16-5e_96.yaml
 python -m deeplab_lit fit --model DeepLabV3 --data ShapesDataModule --model.image_pooling false
 python -m deeplab_lit predict --config CONFIG --ckpt_path BEST.ckpt --data.predict_path images/
+python -m deeplab_lit check-data --config CONFIG      (decode every sample of every split; see check_data.py)
 """
 
 from __future__ import annotations
+
+import sys
 
 import yaml
 from lightning.pytorch import LightningModule, Trainer
@@ -50,6 +53,11 @@ class DeepLabCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True) -> DeepLabCLI:
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["check-data"]:
+        from .check_data import main as check_data
+
+        sys.exit(check_data(argv[1:]))
     return DeepLabCLI(
         SegmentationModule,
         SegmentationDataModule,

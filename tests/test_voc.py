@@ -1,5 +1,6 @@
 """VOC 2012 in its exact on-disk layout: reading, agreement with torchvision, bad input, the VOC recipes."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -119,12 +120,38 @@ def test_bad_input_names_the_file_and_the_problem(voc, damage, match) -> None:
 
 
 def test_wrong_root_is_caught_at_setup_before_training(tmp_path) -> None:
-    with pytest.raises(DataError, match="not a VOC 2012 root"):
+    with pytest.raises(DataError, match=r"has no pre-converted train_aug: missing JPEGImages"):
         VOCDataModule(root=str(tmp_path)).setup("fit")
+    with pytest.raises(DataError, match="not a VOC 2012 root"):
+        VOCDataModule(root=str(tmp_path), train_split="train").setup("fit")
+
+
+def write_train_aug(voc: Path, ids: list[str]) -> None:
+    """The pre-converted train_aug layout: grayscale ``SegmentationClassAug`` PNGs and a DeepLab-style list."""
+    root = voc / "VOC2012"
+    (root / "SegmentationClassAug").mkdir()
+    for name in ids:
+        labels = np.asarray(Image.open(root / "SegmentationClass" / f"{name}.png"))
+        Image.fromarray(labels, mode="L").save(root / "SegmentationClassAug" / f"{name}.png")
+    lines = [f"/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png" for i in ids]
+    (root / "ImageSets/Segmentation/train_aug.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_train_aug_is_the_default_training_split_and_refuses_val_images(voc, caplog) -> None:
+    write_train_aug(voc, SPLITS["train"])
+    dm = VOCDataModule(root=str(voc), num_workers=0)
+    with caplog.at_level("INFO"):
+        dm.setup("fit")
+    assert len(dm.dataset("train")) == 3 and "train_aug: 3 images" in caplog.text
+    listing = voc / "VOC2012/ImageSets/Segmentation/train_aug.txt"
+    listing.write_text(listing.read_text() + "/JPEGImages/2007_000033.jpg /SegmentationClassAug/2007_000033.png\n")
+    with pytest.raises(DataError, match=r"train_aug.txt lists 1 VOC val images \(2007_000033\)"):
+        VOCDataModule(root=str(voc)).setup("fit")
 
 
 @pytest.mark.parametrize("config", sorted(Path("experiments/configs/voc").glob("*.yaml")), ids=lambda p: p.stem)
 def test_voc_recipes_run_on_a_tiny_tree(voc, tmp_path, config) -> None:
+    write_train_aug(voc, SPLITS["train"])
     cli = main(
         [
             "fit",
@@ -153,3 +180,28 @@ def test_voc_recipes_run_on_a_tiny_tree(voc, tmp_path, config) -> None:
         ]
     )
     assert cli.trainer.global_step == 1 and cli.model.hparams.num_classes == 21
+
+
+def test_check_data_scans_every_sample_and_names_every_bad_file(voc, tmp_path, capsys) -> None:
+    config = tmp_path / "voc.yaml"
+    config.write_text(
+        "model: {class_path: deeplab_lit.systems.DeepLabV3}\n"
+        f"data: {{class_path: deeplab_lit.data.VOCDataModule, init_args: {{root: {voc}, train_split: train}}}}\n"
+    )
+    args = ["check-data", "--config", str(config), "--data.init_args.num_workers", "0"]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 0 and "data check passed" in capsys.readouterr().out
+
+    root = voc / "VOC2012"
+    (root / "JPEGImages/2007_000063.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # the last train image
+    labels = np.asarray(Image.open(root / "SegmentationClass/2007_000042.png")).copy()
+    labels[5, 5] = 30
+    Image.fromarray(labels, mode="L").save(root / "SegmentationClass/2007_000042.png")  # the last val mask
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    out = capsys.readouterr().out
+    assert exit_.value.code == 1 and "data check failed: 2 problems" in out
+    assert re.search(r"image .*2007_000063.jpg is corrupt", out)
+    assert re.search(r"mask .*2007_000042.png has label values \[30\]", out)
+    assert "train: 3 samples, 1 bad" in out and "val: 2 samples, 1 bad" in out

@@ -1,10 +1,23 @@
 """Datasets, DeepLab augmentation presets and LightningDataModules."""
 
-from .datamodule import FolderDataModule, SegmentationDataModule, ShapesDataModule, VOCDataModule
+from .cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation
+from .datamodule import (
+    CityscapesDataModule,
+    FolderDataModule,
+    SegmentationDataModule,
+    ShapesDataModule,
+    VOCDataModule,
+)
+from .sbd import SBDSegmentation, TrainAugSegmentation
 from .shapes import SHAPES_CLASSES, ShapesDataset
 from .voc import VOC_CLASSES, DataError, VOCSegmentation
 
 __all__ = [
+    "CITYSCAPES_CLASSES",
+    "CityscapesDataModule",
+    "CityscapesSegmentation",
+    "SBDSegmentation",
+    "TrainAugSegmentation",
     "SHAPES_CLASSES",
     "VOC_CLASSES",
     "DataError",

@@ -7,15 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
+from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CityscapesSegmentation, to_label_ids
 from .folder import FolderSegmentation
+from .sbd import TrainAugSegmentation
 from .shapes import SHAPES_CLASSES, SHAPES_PALETTE, ShapesDataset
 from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset
 from .voc import IMAGE_SUFFIXES, VOC_CLASSES, VOCSegmentation, voc_palette
@@ -86,7 +90,9 @@ class PredictImages(Dataset):
 
 class SegmentationDataModule(L.LightningDataModule):
     """Loaders shared by every dataset. Subclasses set ``num_classes``, ``class_names``, ``palette`` and
-    implement ``dataset(split)`` returning ``(tv_tensors.Image uint8, tv_tensors.Mask int64)`` pairs.
+    implement ``build(split)`` returning a dataset of ``(tv_tensors.Image uint8, tv_tensors.Mask int64)`` pairs.
+
+    ``setup`` builds every split the stage needs, so a wrong root or a broken list fails before the first step.
     """
 
     num_classes: int
@@ -114,9 +120,20 @@ class SegmentationDataModule(L.LightningDataModule):
         self.crop_size, self.scale_range, self.scale_step = crop_size, scale_range, scale_step
         self.mean, self.std = mean, std
         self.predict_path = predict_path
+        self._datasets: dict[str, Dataset] = {}
+
+    def build(self, split: str) -> Dataset:
+        """The dataset of ``split`` ("train", "val" or "test"), checked as it is built."""
+        raise NotImplementedError
 
     def dataset(self, split: str) -> Dataset:
-        raise NotImplementedError
+        if split not in self._datasets:
+            self._datasets[split] = self.build(split)
+        return self._datasets[split]
+
+    def setup(self, stage: str) -> None:
+        for split in {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ()):
+            self.dataset(split)
 
     def train_transform(self) -> Callable:
         return TrainPreset(
@@ -188,7 +205,7 @@ class ShapesDataModule(SegmentationDataModule):
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.image_size, self.seed, self.ignore_band = image_size, seed, ignore_band
 
-    def dataset(self, split: str) -> Dataset:
+    def build(self, split: str) -> Dataset:
         offset = ("train", "val", "test").index(split)
         return ShapesDataset(
             self.sizes[split], self.image_size, self.seed + offset, ignore_band=self.ignore_band, cache=True
@@ -198,7 +215,9 @@ class ShapesDataModule(SegmentationDataModule):
 class VOCDataModule(SegmentationDataModule):
     """PASCAL VOC 2012 (``root`` = ``VOCdevkit`` or ``VOCdevkit/VOC2012``); DeepLab's 513 crop by default.
 
-    The splits are checked when the datamodule is set up, before any training step.
+    ``train_split: train_aug`` (the papers' 10,582 images) reads the pre-converted ``SegmentationClassAug``
+    layout, or assembles the split from the VOC and SBD releases when ``sbd_root`` is given. Any other split name
+    is a list in ``ImageSets/Segmentation``. The splits are checked when the datamodule is set up.
     """
 
     num_classes = len(VOC_CLASSES)
@@ -208,7 +227,8 @@ class VOCDataModule(SegmentationDataModule):
     def __init__(
         self,
         root: str = "data/VOCdevkit",
-        train_split: str = "train",
+        sbd_root: str | None = None,
+        train_split: str = "train_aug",
         val_split: str = "val",
         test_split: str = "val",
         batch_size: int = 16,
@@ -222,19 +242,55 @@ class VOCDataModule(SegmentationDataModule):
         super().__init__(
             batch_size, val_batch_size, num_workers, crop_size, scale_range, scale_step, predict_path=predict_path
         )
+        self.root, self.sbd_root = root, sbd_root
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+
+    def build(self, split: str) -> Dataset:
+        if self.splits[split] != "train_aug":
+            return VOCSegmentation(self.root, self.splits[split])
+        dataset = TrainAugSegmentation(self.root, self.sbd_root)
+        rank_zero_info(dataset.describe())
+        return dataset
+
+
+class CityscapesDataModule(SegmentationDataModule):
+    """Cityscapes fine annotations, 19 train ids (``root`` holds ``leftImg8bit/`` and ``gtFine/``).
+
+    V3's recipe: crop 769, scale 0.5–2.0, batch 8, whole-image evaluation. The test split defaults to ``val``
+    (the public test labels are empty); predictions can be written back as label ids for the official script.
+    """
+
+    num_classes = len(CITYSCAPES_CLASSES)
+    class_names = CITYSCAPES_CLASSES
+    palette = CITYSCAPES_PALETTE
+
+    def __init__(
+        self,
+        root: str = "data/cityscapes",
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "val",
+        batch_size: int = 8,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+        crop_size: int | tuple[int, int] = 769,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        scale_step: float | None = None,
+        predict_path: str | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size, val_batch_size, num_workers, crop_size, scale_range, scale_step, predict_path=predict_path
+        )
         self.root = root
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
-        self._datasets: dict[str, VOCSegmentation] = {}
 
-    def setup(self, stage: str) -> None:
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
-        for split in needed:
-            self.dataset(split)
+    def build(self, split: str) -> Dataset:
+        return CityscapesSegmentation(self.root, self.splits[split])
 
-    def dataset(self, split: str) -> Dataset:
-        if split not in self._datasets:
-            self._datasets[split] = VOCSegmentation(self.root, self.splits[split])
-        return self._datasets[split]
+    @staticmethod
+    def to_label_ids(train_ids: np.ndarray) -> np.ndarray:
+        """Predicted train ids as the official label ids (ignore → 0, "unlabeled")."""
+        return to_label_ids(train_ids)
 
 
 class FolderDataModule(SegmentationDataModule):
@@ -263,7 +319,7 @@ class FolderDataModule(SegmentationDataModule):
         self.num_classes = len(class_names)
         self.palette = [tuple(c) for c in colors] if colors else voc_palette()
 
-    def dataset(self, split: str) -> Dataset:
+    def build(self, split: str) -> Dataset:
         if split == "test" and not (Path(self.root) / "test").is_dir():
             split = "val"
         return FolderSegmentation(self.root, split, self.num_classes, self.palette)

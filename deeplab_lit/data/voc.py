@@ -57,22 +57,30 @@ def read_image(path: Path) -> np.ndarray:
         raise DataError(f"image {path} is corrupt or truncated: {err}") from None
 
 
-def read_mask(path: Path, num_classes: int, palette: list[tuple[int, int, int]]) -> np.ndarray:
-    """A label map (H, W) uint8 from a palette or grayscale PNG; an RGB mask only in the dataset's palette."""
+def read_label_png(path: Path, palette: list | None = None, num_classes: int = 0) -> np.ndarray:
+    """The pixel values (H, W) int64 of a palette or grayscale PNG; an RGB mask only through ``palette``."""
     try:
         with Image.open(path) as im:
             im.load()
             if im.mode in ("P", "L", "I", "I;16"):
-                labels = np.asarray(im if im.mode == "P" else im.convert("I")).astype(np.int64)
-            elif im.mode in ("RGB", "RGBA"):
-                labels = _labels_from_colours(np.asarray(im.convert("RGB")), palette, num_classes, path)
-            else:
-                raise DataError(f"mask {path} has mode {im.mode}; expected a palette or grayscale PNG")
+                return np.asarray(im if im.mode == "P" else im.convert("I")).astype(np.int64)
+            if im.mode in ("RGB", "RGBA") and palette is not None:
+                return _labels_from_colours(np.asarray(im.convert("RGB")), palette, num_classes, path)
+            raise DataError(f"mask {path} has mode {im.mode}; expected a palette or grayscale PNG")
     except FileNotFoundError:
         raise DataError(f"mask {path} is missing") from None
     except (OSError, UnidentifiedImageError, SyntaxError) as err:
         raise DataError(f"mask {path} is corrupt or truncated: {err}") from None
-    bad = np.unique(labels[(labels >= num_classes) & (labels != IGNORE_INDEX)])
+
+
+def read_mask(path: Path, num_classes: int, palette: list[tuple[int, int, int]] | None = None) -> np.ndarray:
+    """A label map (H, W) uint8 from a palette or grayscale PNG; an RGB mask only in the dataset's palette."""
+    return check_labels(read_label_png(path, palette, num_classes), num_classes, path)
+
+
+def check_labels(labels: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
+    """The label map as uint8 once every value is in [0, num_classes) or 255; ``path`` names the file in errors."""
+    bad = np.unique(labels[((labels < 0) | (labels >= num_classes)) & (labels != IGNORE_INDEX)])
     if bad.size:
         raise DataError(
             f"mask {path} has label values {bad[:10].tolist()} outside [0, {num_classes}) and {IGNORE_INDEX}"
@@ -103,7 +111,11 @@ def read_split(path: Path) -> list[str]:
 
 def load_pair(image: Path, mask: Path, num_classes: int, palette: list) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
     """Read and check one (image, mask) pair: same size, labels in range."""
-    rgb, labels = read_image(image), read_mask(mask, num_classes, palette)
+    return make_pair(image, read_image(image), mask, read_mask(mask, num_classes, palette))
+
+
+def make_pair(image: Path, rgb: np.ndarray, mask: Path, labels: np.ndarray) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    """Tensors of a decoded (image, mask) pair, checked to be the same size; the paths name the files in errors."""
     if rgb.shape[:2] != labels.shape:
         raise DataError(
             f"mask {mask} is {labels.shape[1]}x{labels.shape[0]} but image {image} is {rgb.shape[1]}x{rgb.shape[0]}"
@@ -112,6 +124,20 @@ def load_pair(image: Path, mask: Path, num_classes: int, palette: list) -> tuple
         tv_tensors.Image(torch.from_numpy(rgb.copy()).permute(2, 0, 1)),  # (3, H, W) uint8
         tv_tensors.Mask(torch.from_numpy(labels.astype(np.int64))),  # (H, W) int64
     )
+
+
+def check_listed(images: list[Path], masks: list[Path], listing: str | Path) -> None:
+    """Every listed image and mask is a file; the first missing one raises ``DataError`` naming the list."""
+    for image, mask in zip(images, masks, strict=True):
+        for path, kind in ((image, "image"), (mask, "mask")):
+            if not path.is_file():
+                raise DataError(f"{kind} {path} listed in {listing} is missing")
+
+
+def find_voc_root(root: str | Path) -> Path:
+    """``VOCdevkit/VOC2012`` given either ``VOCdevkit`` or ``VOCdevkit/VOC2012``."""
+    root = Path(root)
+    return root / "VOC2012" if (root / "VOC2012").is_dir() else root
 
 
 class VOCSegmentation(Dataset):
@@ -123,9 +149,7 @@ class VOCSegmentation(Dataset):
     num_classes = len(VOC_CLASSES)
 
     def __init__(self, root: str | Path, split: str = "train") -> None:
-        root = Path(root)
-        if (root / "VOC2012").is_dir():
-            root = root / "VOC2012"
+        root = find_voc_root(root)
         expected = ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation")
         missing = [d for d in expected if not (root / d).is_dir()]
         if missing:
@@ -136,10 +160,7 @@ class VOCSegmentation(Dataset):
         self.ids = read_split(root / "ImageSets/Segmentation" / f"{split}.txt")
         self.images = [root / "JPEGImages" / f"{i}.jpg" for i in self.ids]
         self.masks = [root / "SegmentationClass" / f"{i}.png" for i in self.ids]
-        for image, mask in zip(self.images, self.masks, strict=True):
-            for path, kind in ((image, "image"), (mask, "mask")):
-                if not path.is_file():
-                    raise DataError(f"{kind} {path} listed in {split}.txt is missing")
+        check_listed(self.images, self.masks, f"{split}.txt")
         self.palette = voc_palette()
         self[0]
 
