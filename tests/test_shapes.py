@@ -156,3 +156,20 @@ def test_write_shapes_images(tmp_path) -> None:
             assert png.format == "PNG" and png.mode == "RGB" and png.size == (56, 40)
             pixels = np.asarray(png)
         np.testing.assert_array_equal(pixels, reference[i][0].permute(1, 2, 0).numpy())
+
+
+def test_augmentation_is_reproducible_per_worker_from_the_seed() -> None:
+    """Two loader workers: the same seed gives the same augmented batches, another seed other ones."""
+    import lightning as L
+
+    from deeplab_lit.data import ShapesDataModule
+
+    def first_batches(seed: int) -> list[torch.Tensor]:
+        L.seed_everything(seed, workers=True)
+        dm = ShapesDataModule(num_train=8, image_size=32, batch_size=2, num_workers=2, scale_range=(0.5, 2.0))
+        loader = dm.train_dataloader()
+        return [x for (x, _), _ in zip(loader, range(3), strict=False)]
+
+    a, b, c = first_batches(0), first_batches(0), first_batches(1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))

@@ -55,3 +55,17 @@ def test_eval_preset_keeps_the_full_mask() -> None:
     image, mask = blocks()
     x, y = EvalPreset()(image, mask)
     assert torch.equal(y, mask) and x.shape == (3, 40, 56) and x.dtype == torch.float32
+
+
+def test_crop_then_pad_draws_the_windows_of_pad_then_crop() -> None:
+    """Tall and narrow after scaling: rows are cropped at a random offset, columns kept whole and padded."""
+    image, mask = blocks(80, 20)
+    preset = TrainPreset(crop_size=48, scale_range=(1.0, 1.0), hflip=0.0, mean=(0, 0, 0), std=(1, 1, 1))
+    offsets = set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        x, y = preset(image, mask)
+        assert (y[:, 20:] == 255).all() and (y[:, :20] != 255).all()
+        top = next(t for t in range(33) if torch.equal(y[:, :20], mask[t : t + 48]))
+        offsets.add(top)
+    assert min(offsets) <= 3 and max(offsets) >= 29  # offsets cover 0..32

@@ -1,7 +1,9 @@
 """DeepLab's augmentation as torchvision.transforms.v2 presets (images as ``tv_tensors.Image``, masks as ``Mask``).
 
-Training: random relative scale (0.5–2.0) → normalize → pad (image 0 = the mean pixel after normalization,
-mask 255) → random crop → horizontal flip. Evaluation: the full image, normalized; masks are never resized.
+Training: random relative scale (0.5–2.0) → random crop → normalize → pad (image 0 = the mean pixel after
+normalization, mask 255) → horizontal flip. Cropping before padding draws the same windows as DeepLab's pad-then-crop
+(a side shorter than the crop is kept whole at offset 0 and padded right/bottom) while only the crop is normalized.
+Evaluation: the full image, normalized; masks are never resized.
 """
 
 from __future__ import annotations
@@ -67,6 +69,24 @@ class PadIfSmaller(v2.Transform):
         return self._call_kernel(TF.pad, inpt, padding=params["padding"], fill=fill)
 
 
+class RandomCropAtMost(v2.Transform):
+    """Random crop of ``min(size, image size)`` per side; a side shorter than ``size`` is kept whole."""
+
+    def __init__(self, size: int | Sequence[int]) -> None:
+        super().__init__()
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        ch, cw = min(h, self.size[0]), min(w, self.size[1])
+        top = int(torch.randint(h - ch + 1, ()))
+        left = int(torch.randint(w - cw + 1, ()))
+        return {"top": top, "left": left, "height": ch, "width": cw}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(TF.crop, inpt, **params)
+
+
 def _normalize(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
     return [
         v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True),
@@ -75,7 +95,7 @@ def _normalize(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform
 
 
 class TrainPreset(v2.Compose):
-    """DeepLab training augmentation: scale 0.5–2.0, pad with ignore, crop (513 VOC / 769 Cityscapes), flip."""
+    """DeepLab training augmentation: scale 0.5–2.0, crop (513 VOC / 769 Cityscapes), pad with ignore, flip."""
 
     def __init__(
         self,
@@ -89,10 +109,10 @@ class TrainPreset(v2.Compose):
     ) -> None:
         super().__init__(
             [
-                RandomScale(scale_range, scale_step),
-                *_normalize(mean, std),
+                RandomScale(scale_range, scale_step),  # uint8
+                RandomCropAtMost(crop_size),
+                *_normalize(mean, std),  # float, only the crop
                 PadIfSmaller(crop_size, 0.0, ignore_index),
-                v2.RandomCrop(crop_size),
                 v2.RandomHorizontalFlip(hflip),
                 v2.ToPureTensor(),
             ]
