@@ -86,10 +86,10 @@ def test_agrees_with_torchvision_and_the_official_table(cityscapes, split) -> No
         ref_image, ref_ids = ref[ref_index[ours.images[i]]]
         ref_ids = np.asarray(ref_ids)
         assert isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.shape == (3, H, W)
-        assert mask.dtype == torch.int64 and mask.shape == (H, W)
+        assert mask.dtype == torch.uint8 and mask.shape == (H, W)
         assert torch.equal(image, torch.from_numpy(np.array(ref_image)).permute(2, 0, 1))
         expected = np.vectorize(trainid_of)(ref_ids)
-        assert torch.equal(mask, torch.from_numpy(expected.astype(np.int64)))
+        assert torch.equal(mask, torch.from_numpy(expected.astype(np.uint8)))
         for label_id, train_id in ((7, 0), (26, 13), (33, 18), (5, 255), (0, 255), (1, 255)):
             assert (mask[torch.from_numpy(ref_ids == label_id)] == train_id).all()
         assert set(mask.unique().tolist()) == set(range(19)) | {255}
@@ -103,7 +103,7 @@ def test_label_train_ids_are_preferred_when_present(cityscapes) -> None:
     ds = CityscapesSegmentation(cityscapes, "train")
     assert ds.targets[0].name == "aachen_000000_000019_gtFine_labelTrainIds.png"
     assert ds.targets[1].name == "aachen_000001_000019_gtFine_labelIds.png"
-    assert torch.equal(ds[0][1], torch.from_numpy(train_ids.astype(np.int64)))
+    assert torch.equal(ds[0][1], torch.from_numpy(train_ids.astype(np.uint8)))
 
 
 def test_to_label_ids_round_trip_and_the_written_png() -> None:

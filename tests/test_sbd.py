@@ -101,7 +101,7 @@ def test_agrees_with_torchvision_sbdataset(sbd, level, split) -> None:
         image, mask = ours[i]
         ref_image, ref_mask = ref[i]
         assert image.dtype == torch.uint8 and image.shape == (3, SIZE[0] + i, SIZE[1])
-        assert mask.dtype == torch.int64 and mask.shape == (SIZE[0] + i, SIZE[1])
+        assert mask.dtype == torch.uint8 and mask.shape == (SIZE[0] + i, SIZE[1])
         assert np.array_equal(as_array(image), np.asarray(ref_image))
         assert np.array_equal(as_array(mask), np.asarray(ref_mask).astype(np.int64))
         assert (mask[-1, :3] == 255).all() and mask.max() == 255
@@ -179,7 +179,7 @@ def test_pre_converted_segmentation_class_aug(voc, list_path, deeplab_style) -> 
     assert ds.describe() == "train_aug: 6 images (VOC train 3 + SBD 3)"
     for i, name in enumerate(ds.ids):
         image, mask = ds[i]
-        assert mask.dtype == torch.int64 and np.array_equal(as_array(mask), labels[name].astype(np.int64))
+        assert mask.dtype == torch.uint8 and np.array_equal(as_array(mask), labels[name].astype(np.int64))
         jpeg = voc / "VOC2012/JPEGImages" / f"{name}.jpg"
         assert np.array_equal(as_array(image), np.asarray(Image.open(jpeg).convert("RGB")))
 

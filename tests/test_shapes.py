@@ -59,7 +59,7 @@ def test_types_dtypes_and_shapes(size: int | tuple[int, int], hw: tuple[int, int
     image, mask = ShapesDataset(num_samples=1, image_size=size)[0]
     assert isinstance(image, tv_tensors.Image) and isinstance(mask, tv_tensors.Mask)
     assert image.dtype == torch.uint8 and tuple(image.shape) == (3, *hw)
-    assert mask.dtype == torch.int64 and tuple(mask.shape) == hw
+    assert mask.dtype == torch.uint8 and tuple(mask.shape) == hw
 
 
 def test_labels_in_range_and_every_class_appears() -> None:

@@ -44,9 +44,9 @@ def test_reads_images_and_palette_labels(voc) -> None:
     assert len(ds) == 3
     image, mask = ds[1]
     assert image.dtype == torch.uint8 and image.shape == (3, 41, 48)
-    assert mask.dtype == torch.int64 and mask.shape == (41, 48)
+    assert mask.dtype == torch.uint8 and mask.shape == (41, 48)
     expected = np.asarray(Image.open(voc / "VOC2012/SegmentationClass/2007_000039.png"))
-    assert torch.equal(mask, torch.from_numpy(expected.astype(np.int64)))
+    assert torch.equal(mask, torch.from_numpy(expected.astype(np.uint8)))
     assert (mask[0] == 255).all() and mask[1:].max() <= 20
 
 
@@ -57,7 +57,7 @@ def test_agrees_with_torchvision_voc_reader(voc) -> None:
         image, mask = ours[i]
         ref_image, ref_mask = ref[i]
         assert torch.equal(image, torch.from_numpy(np.asarray(ref_image)).permute(2, 0, 1))
-        assert torch.equal(mask, torch.from_numpy(np.asarray(ref_mask).astype(np.int64)))
+        assert torch.equal(mask, torch.from_numpy(np.asarray(ref_mask).astype(np.uint8)))
 
 
 def test_rgb_masks_in_the_palette_are_converted_others_rejected(voc) -> None:
@@ -66,7 +66,7 @@ def test_rgb_masks_in_the_palette_are_converted_others_rejected(voc) -> None:
     labels = np.asarray(Image.open(mask_path))
     rgb = np.array(voc_palette(), dtype=np.uint8)[labels]
     Image.fromarray(rgb).save(mask_path)
-    assert torch.equal(VOCSegmentation(voc, "train")[0][1], torch.from_numpy(labels.astype(np.int64)))
+    assert torch.equal(VOCSegmentation(voc, "train")[0][1], torch.from_numpy(labels.astype(np.uint8)))
     rgb[5, 5] = (1, 2, 3)
     Image.fromarray(rgb).save(mask_path)
     with pytest.raises(DataError, match=r"2007_000032.png is an RGB image with colours \[\(1, 2, 3\)\]"):

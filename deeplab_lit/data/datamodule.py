@@ -90,7 +90,7 @@ class PredictImages(Dataset):
 
 class SegmentationDataModule(L.LightningDataModule):
     """Loaders shared by every dataset. Subclasses set ``num_classes``, ``class_names``, ``palette`` and
-    implement ``build(split)`` returning a dataset of ``(tv_tensors.Image uint8, tv_tensors.Mask int64)`` pairs.
+    implement ``build(split)`` returning a dataset of ``(tv_tensors.Image uint8, tv_tensors.Mask uint8)`` pairs.
 
     ``setup`` builds every split the stage needs, so a wrong root or a broken list fails before the first step.
     """

@@ -232,7 +232,7 @@ class ShapesDataset(Dataset):
             image, mask = self._cache[index]
         # Copies keep in-place transforms from corrupting cached arrays.
         image_t = torch.from_numpy(image.transpose(2, 0, 1).copy())
-        mask_t = torch.from_numpy(mask.astype(np.int64))
+        mask_t = torch.from_numpy(mask.copy())
         return tv_tensors.Image(image_t), tv_tensors.Mask(mask_t)
 
 

@@ -1,8 +1,8 @@
 """DeepLab's augmentation as torchvision.transforms.v2 presets (images as ``tv_tensors.Image``, masks as ``Mask``).
 
-Training: random relative scale (0.5–2.0) → random crop → normalize → pad (image 0 = the mean pixel after
-normalization, mask 255) → horizontal flip. Cropping before padding draws the same windows as DeepLab's pad-then-crop
-(a side shorter than the crop is kept whole at offset 0 and padded right/bottom) while only the crop is normalized.
+Training: random relative scale (0.5–2.0) → random crop → horizontal flip → normalize and pad (image 0 = the mean
+pixel after normalization, mask 255). Cropping before padding draws the same windows as DeepLab's pad-then-crop (a
+side shorter than the crop is kept whole at offset 0 and padded right/bottom), and only the crop is normalized.
 Evaluation: the full image, normalized; masks are never resized.
 """
 
@@ -50,23 +50,42 @@ class RandomScale(v2.Transform):
         return self._call_kernel(TF.resize, inpt, size=params["size"], antialias=True)
 
 
-class PadIfSmaller(v2.Transform):
-    """Pad right and bottom up to ``size``: images with ``fill`` (0 after normalization), masks with 255."""
+class NormalizePad(v2.Transform):
+    """uint8 image → ``(x / 255 − mean) / std`` as float32; masks → int64. With ``size``, both are padded right and
+    bottom up to it: the image with 0 (the mean pixel after normalization), the mask with 255.
 
-    def __init__(self, size: int | Sequence[int], fill: float = 0.0, ignore_index: int = IGNORE_INDEX) -> None:
+    One pass into one preallocated tensor (ToDtype + Normalize + pad would allocate three full-size float tensors).
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        size: int | Sequence[int] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
         super().__init__()
-        self.size = (size, size) if isinstance(size, int) else tuple(size)
-        self.fill, self.ignore_index = fill, ignore_index
+        self.scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(-1, 1, 1)
+        self.shift = (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(-1, 1, 1)
+        self.size = (size, size) if isinstance(size, int) else size
+        self.ignore_index = ignore_index
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         h, w = v2.query_size(flat_inputs)
-        return {"padding": [0, 0, max(0, self.size[1] - w), max(0, self.size[0] - h)]}
+        return {"h": h, "w": w, "out": (max(h, self.size[0]), max(w, self.size[1])) if self.size else (h, w)}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if not any(params["padding"]):
-            return inpt
-        fill = self.ignore_index if isinstance(inpt, tv_tensors.Mask) else self.fill
-        return self._call_kernel(TF.pad, inpt, padding=params["padding"], fill=fill)
+        h, w = params["h"], params["w"]
+        if isinstance(inpt, tv_tensors.Mask):
+            out = torch.full(params["out"], self.ignore_index, dtype=torch.int64)  # (H', W')
+            out[:h, :w] = inpt
+            return tv_tensors.wrap(out, like=inpt)
+        if isinstance(inpt, tv_tensors.Image):
+            out = torch.zeros(inpt.shape[0], *params["out"], dtype=torch.float32)  # (3, H', W')
+            region = out[:, :h, :w]
+            region.copy_(inpt).mul_(self.scale).sub_(self.shift)
+            return tv_tensors.wrap(out, like=inpt)
+        return inpt
 
 
 class RandomCropAtMost(v2.Transform):
@@ -87,13 +106,6 @@ class RandomCropAtMost(v2.Transform):
         return self._call_kernel(TF.crop, inpt, **params)
 
 
-def _normalize(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
-    return [
-        v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True),
-        v2.Normalize(mean, std),
-    ]
-
-
 class TrainPreset(v2.Compose):
     """DeepLab training augmentation: scale 0.5–2.0, crop (513 VOC / 769 Cityscapes), pad with ignore, flip."""
 
@@ -111,9 +123,8 @@ class TrainPreset(v2.Compose):
             [
                 RandomScale(scale_range, scale_step),  # uint8
                 RandomCropAtMost(crop_size),
-                *_normalize(mean, std),  # float, only the crop
-                PadIfSmaller(crop_size, 0.0, ignore_index),
-                v2.RandomHorizontalFlip(hflip),
+                v2.RandomHorizontalFlip(hflip),  # on uint8, before padding (as torchvision's references)
+                NormalizePad(mean, std, crop_size, ignore_index),  # float (3, crop), int64 (crop)
                 v2.ToPureTensor(),
             ]
         )
@@ -123,4 +134,4 @@ class EvalPreset(v2.Compose):
     """Evaluation: the full image, normalized; the mask untouched."""
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
-        super().__init__([*_normalize(mean, std), v2.ToPureTensor()])
+        super().__init__([NormalizePad(mean, std), v2.ToPureTensor()])

@@ -63,7 +63,7 @@ def read_label_png(path: Path, palette: list | None = None, num_classes: int = 0
         with Image.open(path) as im:
             im.load()
             if im.mode in ("P", "L", "I", "I;16"):
-                return np.asarray(im if im.mode == "P" else im.convert("I")).astype(np.int64)
+                return np.asarray(im if im.mode in ("P", "L") else im.convert("I")).astype(np.int64)
             if im.mode in ("RGB", "RGBA") and palette is not None:
                 return _labels_from_colours(np.asarray(im.convert("RGB")), palette, num_classes, path)
             raise DataError(f"mask {path} has mode {im.mode}; expected a palette or grayscale PNG")
@@ -122,7 +122,7 @@ def make_pair(image: Path, rgb: np.ndarray, mask: Path, labels: np.ndarray) -> t
         )
     return (
         tv_tensors.Image(torch.from_numpy(rgb.copy()).permute(2, 0, 1)),  # (3, H, W) uint8
-        tv_tensors.Mask(torch.from_numpy(labels.astype(np.int64))),  # (H, W) int64
+        tv_tensors.Mask(torch.from_numpy(labels)),  # (H, W) uint8; the transforms make it int64
     )
 
 
