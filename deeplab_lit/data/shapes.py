@@ -133,7 +133,9 @@ def render_shapes(
     for _ in range(rng.integers(min_objects, max_objects + 1)):
         cls = int(rng.integers(1, len(SHAPES_CLASSES)))
         s = math.exp(rng.uniform(log_lo, log_hi)) * min(height, width)
-        cy, cx, theta = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(0, 2 * math.pi)
+        # Centres keep the object's body in frame: a shape cut to a sliver by the border has no class left.
+        my, mx = min(s, height / 2), min(s, width / 2)
+        cy, cx, theta = rng.uniform(my, height - my), rng.uniform(mx, width - mx), rng.uniform(0, 2 * math.pi)
         # Every shape fits in a circle of radius s * sqrt(2), so only that box is evaluated.
         r = s * 1.5 + 1
         y0, y1 = max(0, int(cy - r)), min(height, int(cy + r) + 1)

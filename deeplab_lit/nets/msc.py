@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +27,11 @@ def multi_scale_forward(net: nn.Module, x: Tensor, scales: Sequence[float]) -> d
     return out
 
 
-def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
-    if not scales or any(s <= 0 for s in scales):
-        raise ValueError(f"MSC scales must be a non-empty list of positive numbers, got {tuple(scales)}")
+def check_scales(scales: Sequence[float], name: str = "scales") -> tuple[float, ...]:
+    """``scales`` as a tuple; ValueError naming ``name`` unless a non-empty sequence of finite positive numbers."""
+    valid = (isinstance(s, Real) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in scales)
+    if not isinstance(scales, Sequence) or len(scales) == 0 or not all(valid):
+        raise ValueError(f"{name} must be a non-empty sequence of finite positive numbers, got {scales!r}")
     return tuple(scales)
 
 
@@ -36,7 +40,7 @@ class MSC(nn.Module):
 
     def __init__(self, net: nn.Module, scales: Sequence[float] = (0.75, 0.5)) -> None:
         super().__init__()
-        self.net, self.scales = net, check_scales(scales)
+        self.net, self.scales = net, check_scales(scales, "MSC scales")
 
     def set_output_stride(self, output_stride: int) -> None:
         self.net.set_output_stride(output_stride)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..inference import V1_CRF, V2_CRF, CRFParams
 from ..nets import DeepLabV1Net, DeepLabV2Net, DeepLabV3Net, DeepLabV3PlusNet
 from .segmentation import SegmentationModule
 
 
 class DeepLabV1(SegmentationModule):
-    """DeepLab-LargeFOV (V1): VGG16 at OS 8, fc6 3x3 rate 12 with 1024 channels; lr 1e-3, wd 5e-4 (V1 §4.1)."""
+    """DeepLab-LargeFOV (V1): VGG16 at OS 8, fc6 3x3 rate 12 with 1024 channels; lr 1e-3, wd 5e-4 (V1 §4.1);
+    evaluated with the dense CRF (``crf: null`` turns it off).
+    """
 
     def __init__(
         self,
@@ -29,6 +32,7 @@ class DeepLabV1(SegmentationModule):
         aux: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 5e-4,
+        crf: CRFParams | None = V1_CRF,
         **kwargs: Any,
     ) -> None:
         net = DeepLabV1Net(
@@ -42,11 +46,13 @@ class DeepLabV1(SegmentationModule):
             backbone_weights=backbone_weights,
             aux=aux,
         )
-        super().__init__(net, num_classes=num_classes, lr=lr, weight_decay=weight_decay, **kwargs)
+        super().__init__(net, num_classes=num_classes, lr=lr, weight_decay=weight_decay, crf=crf, **kwargs)
 
 
 class DeepLabV2(SegmentationModule):
-    """DeepLab V2: ResNet-101 at OS 8, ASPP-L (6, 12, 18, 24), MSC input (1, 0.75, 0.5); lr 2.5e-4, wd 5e-4."""
+    """DeepLab V2: ResNet-101 at OS 8, ASPP-L (6, 12, 18, 24), MSC input (1, 0.75, 0.5); lr 2.5e-4, wd 5e-4;
+    evaluated with the dense CRF (``crf: null`` turns it off).
+    """
 
     def __init__(
         self,
@@ -60,6 +66,7 @@ class DeepLabV2(SegmentationModule):
         msc_scales: tuple[float, ...] | None = (0.75, 0.5),
         lr: float = 2.5e-4,
         weight_decay: float = 5e-4,
+        crf: CRFParams | None = V2_CRF,
         **kwargs: Any,
     ) -> None:
         net = DeepLabV2Net(
@@ -72,7 +79,7 @@ class DeepLabV2(SegmentationModule):
             aux=aux,
         )
         super().__init__(
-            net, num_classes=num_classes, msc_scales=msc_scales, lr=lr, weight_decay=weight_decay, **kwargs
+            net, num_classes=num_classes, msc_scales=msc_scales, lr=lr, weight_decay=weight_decay, crf=crf, **kwargs
         )
 
 

@@ -2,12 +2,17 @@
 
 One shared step for train/val/test: forward → logits upsampled to the label size → cross-entropy (ignore 255)
 [+ aux loss, + every MSC scale's loss, optional hard-pixel mining] → dataset-level metrics.
+
+``validate``, ``test`` and ``predict`` run the test-time pipeline: output stride at evaluation → multi-scale + flip
+→ sliding window → dense CRF, each stage optional. The validation loop inside ``fit`` only selects checkpoints and
+uses the plain single-scale forward (at the evaluation output stride), as the papers' training runs do.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -16,6 +21,8 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
+from ..export import load_exported
+from ..inference import TTA, CRFParams, CRFPool
 from ..metrics import SegmentationMetrics
 from ..nets import DeepLabNet, convert_torchvision_deeplabv3, load_checked, upsample_to
 from ..nets.msc import check_scales, multi_scale_forward
@@ -57,6 +64,14 @@ class SegmentationModule(L.LightningModule):
         init_from: start from a checkpoint, a network state dict or a torchvision DeepLabV3 state dict.
         reset_classifier: with ``init_from``, re-initialise only the classifiers (fine-tuning to new classes).
         channels_last: run the network in channels-last memory format (faster with bf16 and on GPUs).
+        eval_scales: test-time input scales, probabilities averaged (V3: 0.5, 0.75, 1.0, 1.25, 1.5, 1.75).
+        eval_flip: also average the left-right flipped inputs.
+        sliding_window: evaluate in windows of this size (int or (h, w)), e.g. 769 for Cityscapes at 1024x2048.
+        window_stride: step between windows (default 2/3 of the window).
+        crf: dense CRF parameters for evaluation and prediction (V1/V2 default to their papers' values);
+            ``test`` then reports metrics before (``test/before_crf/...``) and after it.
+        crf_workers: processes running the CRF (pydensecrf is single-threaded); 0 runs it in this process.
+        exported: evaluate or predict with an exported ONNX / TorchScript file instead of the network.
     """
 
     def __init__(
@@ -78,14 +93,27 @@ class SegmentationModule(L.LightningModule):
         init_from: str | None = None,
         reset_classifier: bool = False,
         channels_last: bool = False,
+        eval_scales: Sequence[float] = (1.0,),
+        eval_flip: bool = False,
+        sliding_window: int | tuple[int, int] | None = None,
+        window_stride: int | tuple[int, int] | None = None,
+        crf: CRFParams | None = None,
+        crf_workers: int = 2,
+        exported: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "crf"])
+        crf = CRFParams(**crf) if isinstance(crf, dict) else crf  # as stored in a checkpoint
+        self.hparams["crf"] = None if crf is None else asdict(crf)  # plain data in checkpoints
+        self.crf = crf
+        self.tta = TTA(tuple(eval_scales), eval_flip, sliding_window, window_stride)
+        self._crf_pool: CRFPool | None = None
+        self.exported = load_exported(exported) if exported else None
         if not 0.0 < top_k_percent_pixels <= 1.0:
             raise ValueError(f"top_k_percent_pixels must be in (0, 1], got {top_k_percent_pixels}")
         self.net = net
         self.optimizer_factory = optimizer
-        self.msc_scales = check_scales(msc_scales) if msc_scales is not None else None
+        self.msc_scales = check_scales(msc_scales, "msc_scales") if msc_scales is not None else None
         self.train_output_stride = net.output_stride
         if eval_output_stride is not None:
             net.backbone.check_output_stride(eval_output_stride)
@@ -96,11 +124,15 @@ class SegmentationModule(L.LightningModule):
                 m.requires_grad_(False)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self.metrics = nn.ModuleDict({f"{s}_metrics": SegmentationMetrics(num_classes, ignore_index) for s in STAGES})
+        metric_names = [f"{s}_metrics" for s in STAGES]
+        metric_names += [f"{s}_before_crf_metrics" for s in STAGES[1:]] if crf else []
+        self.metrics = nn.ModuleDict({name: SegmentationMetrics(num_classes, ignore_index) for name in metric_names})
         self.results: dict[str, dict[str, Tensor]] = {}
 
     # -- network -----------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if self.exported is not None:
+            return self.exported(x)
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.msc_scales:
@@ -165,8 +197,71 @@ class SegmentationModule(L.LightningModule):
         self._use_output_stride(self.hparams.eval_output_stride)
 
     # -- the shared step -----------------------------------------------------------------------------------
+    # -- the test-time pipeline --------------------------------------------------------------------------------
+    def pipeline_active(self) -> bool:
+        """True in ``validate``/``test``/``predict`` runs, False in training and in the validation loop of ``fit``."""
+        return self._trainer is None or self.trainer.state.fn != "fit"
+
+    def refine(self, images: Sequence[Tensor], probs: Tensor, names: Sequence[str] | None = None) -> Tensor:
+        """Dense CRF on each image's probabilities: ``images`` uint8 (3, h, w) with h, w within ``probs``
+        (B, C, H, W); the padding beyond (h, w) is cropped off, given to the CRF, and left unchanged.
+        """
+        if self._crf_pool is None:
+            self._crf_pool = CRFPool(self.crf, self.hparams.crf_workers)
+        crops = [
+            p[:, : im.shape[-2], : im.shape[-1]].float().cpu().numpy() for im, p in zip(images, probs, strict=True)
+        ]
+        rgb = [im.permute(1, 2, 0).cpu().numpy() for im in images]  # (h, w, 3) uint8
+        refined = probs.clone()
+        for i, q in enumerate(self._crf_pool(rgb, crops, names)):
+            refined[i, :, : q.shape[-2], : q.shape[-1]] = torch.from_numpy(q).to(probs)
+        return refined
+
+    def on_validation_end(self) -> None:
+        self._close_crf()
+
+    def on_test_end(self) -> None:
+        self._close_crf()
+
+    def on_predict_end(self) -> None:
+        self._close_crf()
+
+    def _close_crf(self) -> None:
+        if self._crf_pool is not None:
+            self._crf_pool.close()
+            self._crf_pool = None
+
+    def _raw_images(self, x: Tensor) -> list[Tensor]:
+        """The uint8 images of a normalized batch, each cropped to its extent before ``pad_collate``'s padding
+        (exactly 0 in every channel; a full row or column of exactly the mean colour is taken for padding).
+        """
+        dm = self.trainer.datamodule
+        mean = torch.tensor(dm.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(dm.std, device=x.device).view(1, 3, 1, 1)
+        raw = ((x.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)  # (B, 3, H, W)
+        images = []
+        for image, valid in zip(raw, (x != 0).any(1), strict=True):
+            rows, cols = valid.any(1).nonzero(), valid.any(0).nonzero()
+            h, w = (int(rows[-1]) + 1, int(cols[-1]) + 1) if rows.numel() else (1, 1)
+            images.append(image[:, :h, :w])
+        return images
+
+    def pipeline_step(self, x: Tensor, y: Tensor, stage: str) -> Tensor:
+        """Evaluation through the test-time pipeline; the loss is the NLL of the fused probabilities."""
+        probs = self.tta(self, x, y.shape[-2:])  # (B, C, H, W)
+        if self.crf is not None:
+            self.metrics[f"{stage}_before_crf_metrics"].update(probs.argmax(1), y)
+            probs = self.refine(self._raw_images(x), probs)
+        self.metrics[f"{stage}_metrics"].update(probs.argmax(1), y)
+        loss = F.nll_loss(probs.clamp_min(1e-8).log(), y, ignore_index=self.hparams.ignore_index)
+        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+        return loss
+
+    # -- the shared step -----------------------------------------------------------------------------------
     def shared_step(self, batch: tuple[Tensor, Tensor], stage: str, batch_idx: int) -> Tensor:
         x, y = batch  # (B, 3, H, W) float, (B, H, W) int64
+        if stage != "train" and self.pipeline_active():
+            return self.pipeline_step(x, y, stage)
         out = self(x)
         logits = upsample_to(out["out"], y.shape[-2:])  # (B, classes, H, W)
         top_k = self.hparams.top_k_percent_pixels if stage == "train" else 1.0
@@ -204,15 +299,20 @@ class SegmentationModule(L.LightningModule):
         return self.shared_step(batch, "test", batch_idx)
 
     def _log_metrics(self, stage: str) -> None:
-        results = self.metrics[f"{stage}_metrics"].compute()
-        self.metrics[f"{stage}_metrics"].reset()
+        self._log_metric_set(stage, f"{stage}_metrics", stage)
+        if f"{stage}_before_crf_metrics" in self.metrics and self.metrics[f"{stage}_before_crf_metrics"].update_called:
+            self._log_metric_set(f"{stage}_before_crf", f"{stage}_before_crf_metrics", f"{stage}/before_crf")
+
+    def _log_metric_set(self, key: str, metric: str, prefix: str) -> None:
+        results = self.metrics[metric].compute()
+        self.metrics[metric].reset()
         if self.trainer.sanity_checking:
             return
-        self.results[stage] = results
+        self.results[key] = results
         names = getattr(self.trainer.datamodule, "class_names", None) or range(self.hparams.num_classes)
-        self.log(f"{stage}/mIoU", results["mIoU"].float(), prog_bar=True)
-        scalars = {f"{stage}/{k}": results[k].float() for k in ("pixel_acc", "mean_acc", "fwIoU")}
-        scalars.update({f"{stage}/IoU/{name}": iou.float() for name, iou in zip(names, results["IoU"], strict=False)})
+        self.log(f"{prefix}/mIoU", results["mIoU"].float(), prog_bar=prefix == key)
+        scalars = {f"{prefix}/{k}": results[k].float() for k in ("pixel_acc", "mean_acc", "fwIoU")}
+        scalars.update({f"{prefix}/IoU/{name}": iou.float() for name, iou in zip(names, results["IoU"], strict=False)})
         self.log_dict(scalars)
 
     def on_train_epoch_end(self) -> None:
@@ -232,9 +332,11 @@ class SegmentationModule(L.LightningModule):
             if batch["error"][i]:
                 results.append({"path": path, "error": batch["error"][i]})
                 continue
-            logits = self(batch["image"][i : i + 1])["out"]
             raw = batch["raw"][i]
-            labels = upsample_to(logits, raw.shape[-2:]).argmax(1)[0].to(torch.uint8)
+            probs = self.tta(self, batch["image"][i : i + 1], raw.shape[-2:])  # (1, C, H, W)
+            if self.crf is not None:
+                probs = self.refine([raw], probs, [path])
+            labels = probs.argmax(1)[0].to(torch.uint8)
             results.append({"path": path, "error": "", "labels": labels.cpu(), "image": raw.cpu()})
         return results
 

@@ -1,0 +1,197 @@
+"""Export a trained network to ONNX or TorchScript, and run an exported file in place of a network.
+
+python -m deeplab_lit.export --ckpt runs/best.ckpt --format onnx --output deeplab.onnx --output-stride 8
+
+The exported graph takes a normalized image batch (B, 3, H, W) float32, normalized as the datamodules do
+(ImageNet mean/std, ``deeplab_lit.data.transforms``), and returns one tensor: logits (B, classes, H, W).
+Batch, height and width are dynamic in ONNX and in the traced TorchScript module. Both use the TorchScript
+tracer (``torch.jit.trace``; ``torch.onnx.export(..., dynamo=False)``), deprecated in recent PyTorch but
+simple, fast and exact here; its warnings are silenced: the one shape test it bakes in (``upsample_to``
+skipping a same-size resize) has the same answer at every input size, since the logits are at stride >= 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .nets import upsample_to
+from .nets.msc import MSC
+
+ONNX_SUFFIXES = (".onnx",)
+TORCHSCRIPT_SUFFIXES = (".pt", ".ts")
+
+
+class Segmenter(nn.Module):
+    """A DeepLab network for deployment: normalized image (B, 3, H, W) → logits (B, classes, H, W).
+
+    Args:
+        net: a ``DeepLabNet`` (or an ``MSC``-wrapped one); only its ``"out"`` logits are kept.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return upsample_to(self.net(x)["out"], x.shape[-2:])  # bilinear, align_corners=False
+
+
+@contextmanager
+def _tracing() -> Iterator[None]:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*(legacy TorchScript-based ONNX|is deprecated|will be removed)")
+        yield
+
+
+def _prepare(net: nn.Module, height: int, width: int, output_stride: int | None) -> tuple[Segmenter, Tensor]:
+    if output_stride is not None:
+        net.set_output_stride(output_stride)
+    net.eval()
+    param = next(net.parameters())
+    return Segmenter(net).eval(), torch.zeros(1, 3, height, width, device=param.device, dtype=param.dtype)
+
+
+def export_onnx(
+    net: nn.Module,
+    path: str | Path,
+    height: int,
+    width: int,
+    output_stride: int | None = None,
+    opset: int = 17,
+    dynamic: bool = True,
+) -> Path:
+    """Export ``Segmenter(net)`` to ONNX (input ``"image"``, output ``"logits"``).
+
+    The network is put in eval mode and, with ``output_stride``, re-strided in place. ``height`` and ``width``
+    are the example input's size; with ``dynamic`` batch, height and width are free (image pooling and every
+    resize follow the input shape), otherwise the graph is fixed to (1, 3, height, width).
+    """
+    path = Path(path)
+    seg, x = _prepare(net, height, width, output_stride)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    dynamic_axes = {"image": axes, "logits": axes} if dynamic else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _tracing():
+        torch.onnx.export(
+            seg,
+            (x,),
+            str(path),
+            input_names=["image"],
+            output_names=["logits"],
+            opset_version=opset,
+            dynamic_axes=dynamic_axes,
+            dynamo=False,
+        )
+    return path
+
+
+def export_torchscript(
+    net: nn.Module, path: str | Path, height: int, width: int, output_stride: int | None = None
+) -> Path:
+    """Trace ``Segmenter(net)`` at (1, 3, height, width) and save it for ``torch.jit.load``; any input size works."""
+    path = Path(path)
+    seg, x = _prepare(net, height, width, output_stride)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _tracing():
+        torch.jit.trace(seg, (x,), check_trace=False).save(str(path))
+    return path
+
+
+class ExportedSegmenter(nn.Module):
+    """An exported file used like a network: ``forward(x)`` returns ``{"out": logits (B, classes, H, W)}``.
+
+    ``.onnx`` runs on onnxruntime (``providers``, CPU by default), ``.pt``/``.ts`` on ``torch.jit.load``.
+    """
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        if self.path.suffix not in ONNX_SUFFIXES + TORCHSCRIPT_SUFFIXES:
+            raise ValueError(f"{self.path}: unknown suffix; expected one of {ONNX_SUFFIXES + TORCHSCRIPT_SUFFIXES}")
+        if not self.path.is_file():
+            raise FileNotFoundError(f"exported model not found: {self.path}")
+        self.session = self.module = None
+        if self.path.suffix in ONNX_SUFFIXES:
+            import onnxruntime as ort
+
+            self.session = ort.InferenceSession(str(self.path), providers=providers or ["CPUExecutionProvider"])
+            self.input_name = self.session.get_inputs()[0].name
+        else:
+            with _tracing():
+                self.module = torch.jit.load(str(self.path), map_location="cpu")
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if self.module is not None:
+            return {"out": self.module(x)}
+        logits = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
+        return {"out": torch.from_numpy(logits).to(x.device)}
+
+
+def load_exported(path: str | Path) -> ExportedSegmenter:
+    """Load an exported ``.onnx``/``.pt``/``.ts`` file as an ``ExportedSegmenter``."""
+    return ExportedSegmenter(path)
+
+
+def module_class(hparams: dict) -> type:
+    """The ``SegmentationModule`` subclass of a checkpoint: its recorded ``_class_path`` (LightningCLI runs), else
+    the one generation whose ``__init__`` arguments all appear in ``hparams``.
+    """
+    from . import systems
+
+    if "_class_path" in hparams:
+        module, _, name = hparams["_class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        if not (isinstance(cls, type) and issubclass(cls, systems.SegmentationModule)):
+            raise ValueError(f"{hparams['_class_path']} is not a SegmentationModule")
+        return cls
+    generations = (systems.DeepLabV1, systems.DeepLabV2, systems.DeepLabV3, systems.DeepLabV3Plus)
+    found = [c for c in generations if set(inspect.signature(c).parameters) - {"kwargs"} <= set(hparams)]
+    if len(found) != 1:
+        raise ValueError(f"cannot tell the model class from the checkpoint's hyperparameters (matches: {found})")
+    return found[0]
+
+
+def load_module(ckpt: str | Path) -> nn.Module:
+    """A Lightning checkpoint of any generation as its ``SegmentationModule`` on the CPU (no weight downloads)."""
+    hparams = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+    cls = module_class(hparams)
+    return cls.load_from_checkpoint(ckpt, map_location="cpu", backbone_weights=None, init_from=None).eval()
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """``python -m deeplab_lit.export``: export a checkpoint's network (with its MSC scales, if it uses them)."""
+    parser = argparse.ArgumentParser(prog="python -m deeplab_lit.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint (.ckpt)")
+    parser.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    parser.add_argument("--output", required=True, help="output file (.onnx, or .pt/.ts for TorchScript)")
+    parser.add_argument("--output-stride", type=int, help="default: the checkpoint's eval_output_stride, if any")
+    parser.add_argument("--size", type=int, nargs=2, default=(513, 513), metavar=("H", "W"), help="example input")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--static", action="store_true", help="ONNX: fix the input size to --size (batch 1)")
+    args = parser.parse_args(argv)
+    if not Path(args.ckpt).is_file():
+        parser.error(f"checkpoint not found: {args.ckpt}")
+    onnx = args.format == "onnx"
+    if Path(args.output).suffix not in (ONNX_SUFFIXES if onnx else TORCHSCRIPT_SUFFIXES):
+        parser.error(f"--output {args.output} does not fit --format {args.format} (.onnx, or .pt/.ts)")
+    module = load_module(args.ckpt)
+    stride = args.output_stride or module.hparams.get("eval_output_stride")
+    net = MSC(module.net, module.msc_scales) if module.msc_scales else module.net
+    kwargs = {"opset": args.opset, "dynamic": not args.static} if onnx else {}
+    path = (export_onnx if onnx else export_torchscript)(net, args.output, *args.size, output_stride=stride, **kwargs)
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()
