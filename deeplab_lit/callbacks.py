@@ -1,17 +1,24 @@
-"""Callbacks the CLI always adds: metric JSON files after evaluation, and the prediction writer."""
+"""Callbacks the CLI always adds: metric JSON files after evaluation, the prediction writer, W&B media."""
 
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
+
+from .data.transforms import EvalPreset
+from .nets import upsample_to
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +128,111 @@ class PredictionWriter(BasePredictionWriter):
         summary = {"images": self.fractions, "failed": self.failures}
         (out / "predictions.json").write_text(json.dumps(summary, indent=1))
         log.info("wrote %d predictions to %s (%d failed)", len(self.fractions), out, len(self.failures))
+
+
+def git_commit() -> str | None:
+    """The checked-out commit of the working directory (with ``+dirty`` for uncommitted changes), if any."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
+class WandbMedia(Callback):
+    """What an experiment run needs beyond scalars, when a W&B logger is attached (a no-op otherwise).
+
+    The git commit in the run config; every ``every_n_epochs`` validations a per-class IoU table, the confusion
+    matrix as an image and ``num_images`` validation images with ground-truth and predicted masks (class labels
+    with 255 as "void"); each training epoch, images/s over all processes and the peak GPU memory.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, num_images: int = 4) -> None:
+        self.every_n_epochs, self.num_images = every_n_epochs, num_images
+        self._start, self._images = 0.0, 0
+
+    @staticmethod
+    def _logger(trainer: L.Trainer) -> WandbLogger | None:
+        return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = self._logger(trainer)
+        if logger is not None and trainer.is_global_zero:
+            logger.experiment.config.update({"git_commit": git_commit()}, allow_val_change=True)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._images = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        self._images += batch[0].shape[0]
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._logger(trainer) is None or not self._images:
+            return
+        rate = self._images * trainer.world_size / (time.perf_counter() - self._start)
+        pl_module.log("train/images_per_s", rate)
+        if torch.cuda.is_available():
+            pl_module.log("train/gpu_max_memory_GiB", torch.cuda.max_memory_allocated() / 2**30)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = self._logger(trainer)
+        results = getattr(pl_module, "results", {}).get("val")
+        due = (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        if logger is None or results is None or trainer.sanity_checking or not due or not trainer.is_global_zero:
+            return
+        names = class_names(trainer, len(results["IoU"]))
+        step = trainer.global_step
+        rows = [[n, None if np.isnan(v) else v] for n, v in zip(names, results["IoU"].tolist(), strict=True)]
+        logger.log_table("val/IoU_per_class", columns=["class", "IoU"], data=rows, step=step)
+        logger.log_image("val/confusion_matrix", [confusion_image(results["confmat"], names)], step=step)
+        images, masks = self._predictions(trainer, pl_module, {i: n for i, n in enumerate(names)} | {255: "void"})
+        if images:
+            logger.log_image("val/predictions", images, step=step, masks=masks)
+
+    def _predictions(self, trainer: L.Trainer, pl_module: L.LightningModule, labels: dict) -> tuple[list, list]:
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "dataset"):
+            return [], []
+        dataset, preset = dm.dataset("val"), EvalPreset(dm.mean, dm.std)
+        images, masks = [], []
+        training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            for i in range(min(self.num_images, len(dataset))):
+                image, mask = dataset[i]
+                x, y = preset(image, mask)
+                logits = pl_module(x[None].to(pl_module.device))["out"]
+                pred = upsample_to(logits, y.shape[-2:]).argmax(1)[0].cpu().numpy()
+                images.append(image.permute(1, 2, 0).numpy())
+                masks.append(
+                    {
+                        "predictions": {"mask_data": pred.astype(np.int64), "class_labels": labels},
+                        "ground_truth": {"mask_data": y.numpy().astype(np.int64), "class_labels": labels},
+                    }
+                )
+        pl_module.train(training)
+        return images, masks
+
+
+def confusion_image(confmat: torch.Tensor, names: Sequence[str]) -> Image.Image:
+    """The row-normalised confusion matrix (rows: ground truth) as a labelled heat map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = confmat.double()
+    rates = (counts / counts.sum(1, keepdim=True).clamp_min(1)).numpy()
+    size = 2 + 0.35 * len(names)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(rates, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+    plt.close(fig)
+    return image

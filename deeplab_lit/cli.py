@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from . import data, systems  # noqa: F401  (registers the classes for --model NAME / --data NAME)
-from .callbacks import MetricsWriter, PredictionWriter
+from .callbacks import MetricsWriter, PredictionWriter, WandbMedia
 from .data.datamodule import SegmentationDataModule
 from .systems import SegmentationModule
 
@@ -32,7 +32,7 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 
 class DeepLabCLI(LightningCLI):
     """Links ``num_classes`` and the ignore label from the datamodule to the model; always checkpoints on
-    the best ``val/mIoU`` plus ``last.ckpt``, writes metric JSONs, and writes predictions.
+    the best ``val/mIoU`` plus ``last.ckpt``, writes metric JSONs and predictions, and with W&B logs media.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -50,6 +50,7 @@ class DeepLabCLI(LightningCLI):
         )
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         parser.add_lightning_class_args(MetricsWriter, "metrics")
+        parser.add_lightning_class_args(WandbMedia, "wandb_media")
 
 
 def main(args: list[str] | None = None, run: bool = True) -> DeepLabCLI:

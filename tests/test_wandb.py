@@ -45,6 +45,8 @@ def test_offline_run_holds_metrics_and_config(no_account, tmp_path) -> None:
             str(tmp_path),
             "--trainer.max_epochs",
             "1",
+            "--trainer.log_every_n_steps",
+            "1",
             "--trainer.enable_progress_bar",
             "false",
             "--data.init_args.num_train",
@@ -64,9 +66,15 @@ def test_offline_run_holds_metrics_and_config(no_account, tmp_path) -> None:
     records = read_run(run_file)
     history = {key(i): json.loads(i.value_json) for r in records["history"] for i in r.history.item}
     assert 0.0 <= history["val/mIoU"] <= 1.0 and "val/IoU/circle" in history and "train/loss_epoch" in history
+    assert history["val/IoU_per_class/_type"] == "table-file" and history["val/IoU_per_class/nrows"] == 7
+    assert history["val/confusion_matrix/_type"] == "images/separated" and history["val/confusion_matrix/count"] == 1
+    assert history["val/predictions/count"] == 4
+    assert set(history["val/predictions/all_masks"][0]) == {"predictions", "ground_truth"}
+    assert history["train/images_per_s"] > 0 and history["train/lr"] > 0
     config = {key(i): json.loads(i.value_json) for r in records["config"] for i in r.config.update}
     assert config["config"]["model"]["class_path"] == "deeplab_lit.systems.DeepLabV3"  # the full resolved config
     assert config["config"]["model"]["init_args"]["multi_grid"] == [1, 2]
+    assert len(config["git_commit"].split("+")[0]) == 40
     assert records["run"][0].run.run_group == "pooling-ablation"
 
 
