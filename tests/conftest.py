@@ -20,3 +20,19 @@ def randomize_bn(module: torch.nn.Module) -> None:
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
+
+
+def recipe_args(config, root, tmp_path) -> list[str]:
+    """CLI arguments that run a dataset recipe on a tiny tree: fp32, no weight download, a 33 px crop, batch 2."""
+    return [
+        "--config", str(config),
+        "--trainer.precision", "32-true",
+        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false",
+        "--model.init_args.backbone_weights", "null",
+        "--data.init_args.root", str(root),
+        "--data.init_args.crop_size", "33",
+        "--data.init_args.batch_size", "2",
+        "--data.init_args.num_workers", "0",
+    ]  # fmt: skip

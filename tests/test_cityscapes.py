@@ -11,6 +11,7 @@ import torchvision
 from cityscapesscripts.helpers.labels import id2label
 from PIL import Image
 
+from conftest import recipe_args
 from deeplab_lit.cli import main
 from deeplab_lit.data import DataError
 from deeplab_lit.data.cityscapes import (
@@ -207,28 +208,7 @@ def test_missing_split_folder_and_bad_later_files(cityscapes) -> None:
 
 @pytest.mark.parametrize("config", sorted(Path("experiments/configs/cityscapes").glob("*.yaml")), ids=lambda p: p.stem)
 def test_cityscapes_recipes_run_on_a_tiny_tree(cityscapes, tmp_path, config) -> None:
-    common = [
-        "--config",
-        str(config),
-        "--trainer.precision",
-        "32-true",
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--model.init_args.backbone_weights",
-        "null",
-        "--data.init_args.root",
-        str(cityscapes),
-        "--data.init_args.crop_size",
-        "33",
-        "--data.init_args.batch_size",
-        "2",
-        "--data.init_args.num_workers",
-        "0",
-    ]
+    common = recipe_args(config, cityscapes, tmp_path)
     cli = main(["fit", *common, "--trainer.fast_dev_run", "1"])
     assert cli.trainer.global_step == 1 and cli.model.hparams.num_classes == 19
     if "v3plus" not in config.stem:

@@ -9,6 +9,7 @@ import torch
 import torchvision
 from PIL import Image
 
+from conftest import recipe_args
 from deeplab_lit.cli import main
 from deeplab_lit.data import DataError, VOCDataModule, VOCSegmentation
 from deeplab_lit.data.voc import voc_palette
@@ -152,33 +153,7 @@ def test_train_aug_is_the_default_training_split_and_refuses_val_images(voc, cap
 @pytest.mark.parametrize("config", sorted(Path("experiments/configs/voc").glob("*.yaml")), ids=lambda p: p.stem)
 def test_voc_recipes_run_on_a_tiny_tree(voc, tmp_path, config) -> None:
     write_train_aug(voc, SPLITS["train"])
-    cli = main(
-        [
-            "fit",
-            "--config",
-            str(config),
-            "--trainer.fast_dev_run",
-            "1",
-            "--trainer.precision",
-            "32-true",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path),
-            "--trainer.enable_progress_bar",
-            "false",
-            "--model.init_args.backbone_weights",
-            "null",
-            "--data.init_args.root",
-            str(voc),
-            "--data.init_args.crop_size",
-            "33",
-            "--data.init_args.batch_size",
-            "2",
-            "--data.init_args.num_workers",
-            "0",
-        ]
-    )
+    cli = main(["fit", *recipe_args(config, voc, tmp_path), "--trainer.fast_dev_run", "1"])
     assert cli.trainer.global_step == 1 and cli.model.hparams.num_classes == 21
 
 
