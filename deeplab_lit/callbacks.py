@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def run_dir(trainer: L.Trainer) -> Path:
-    """The run's folder: the logger's version folder, or the trainer's root folder without a logger."""
+    """The run's folder: the logger's version folder, or the trainer's root folder without a logger.
+
+    A collective call (``trainer.log_dir`` broadcasts rank 0's folder): every process must reach it.
+    """
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
@@ -38,14 +41,16 @@ class MetricsWriter(Callback):
 
     def _write(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         results = getattr(module, "results", {}).get(stage)
-        if results is None or trainer.sanity_checking or not trainer.is_global_zero:
+        if results is None or trainer.sanity_checking:
+            return
+        path = run_dir(trainer) / f"{stage}_metrics.json"  # on every process: a collective
+        if not trainer.is_global_zero:
             return
         names = class_names(trainer, len(results["IoU"]))
         payload = {k: float(results[k]) for k in ("mIoU", "pixel_acc", "mean_acc", "fwIoU")}
         payload["IoU"] = {n: (None if np.isnan(v) else v) for n, v in zip(names, results["IoU"].tolist(), strict=True)}
         payload["confmat"] = results["confmat"].tolist()
         payload.update(epoch=trainer.current_epoch, global_step=trainer.global_step)
-        path = run_dir(trainer) / f"{stage}_metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(payload, indent=1))
 
@@ -80,9 +85,7 @@ class PredictionWriter(BasePredictionWriter):
         self.output_dir, self.overlay_alpha, self.label_ids = output_dir, overlay_alpha, label_ids
         self.fractions: dict[str, dict[str, float]] = {}
         self.failures: dict[str, str] = {}
-
-    def _dir(self, trainer: L.Trainer) -> Path:
-        return Path(self.output_dir) if self.output_dir else run_dir(trainer) / "predictions"
+        self.out = Path(".")
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.label_ids and not hasattr(trainer.datamodule, "to_label_ids"):
@@ -91,6 +94,8 @@ class PredictionWriter(BasePredictionWriter):
                 f"{type(trainer.datamodule).__name__} has none"
             )
         self.fractions, self.failures = {}, {}
+        self.out = Path(self.output_dir) if self.output_dir else run_dir(trainer) / "predictions"  # every process
+        self.out.mkdir(parents=True, exist_ok=True)
 
     def write_on_batch_end(
         self,
@@ -102,8 +107,7 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        out = self._dir(trainer)
-        out.mkdir(parents=True, exist_ok=True)
+        out = self.out
         palette = getattr(trainer.datamodule, "palette", None) or [(i, i, i) for i in range(256)]
         names = class_names(trainer, pl_module.hparams.num_classes)
         for item in prediction:
@@ -123,11 +127,20 @@ class PredictionWriter(BasePredictionWriter):
             self.fractions[item["path"]] = {n: round(float(c), 6) for n, c in zip(names, counts, strict=False) if c}
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        out = self._dir(trainer)
-        out.mkdir(parents=True, exist_ok=True)
-        summary = {"images": self.fractions, "failed": self.failures}
-        (out / "predictions.json").write_text(json.dumps(summary, indent=1))
-        log.info("wrote %d predictions to %s (%d failed)", len(self.fractions), out, len(self.failures))
+        """One ``predictions.json`` for all processes, written by rank 0."""
+        parts = [(self.fractions, self.failures)]
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            parts = [None] * trainer.world_size
+            torch.distributed.all_gather_object(parts, (self.fractions, self.failures))
+        if not trainer.is_global_zero:
+            return
+        summary = {"images": {}, "failed": {}}
+        for fractions, failures in parts:
+            summary["images"].update(fractions)
+            summary["failed"].update(failures)
+        summary["images"] = dict(sorted(summary["images"].items()))
+        (self.out / "predictions.json").write_text(json.dumps(summary, indent=1))
+        log.info("wrote %d predictions to %s (%d failed)", len(summary["images"]), self.out, len(summary["failed"]))
 
 
 def git_commit() -> str | None:

@@ -30,6 +30,13 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
             trainer.logger.log_hyperparams({"config": config})
 
 
+# Choices of the evaluation run, not of the training run: the command line wins over a checkpoint's hyperparameters.
+EVAL_KEYS = (
+    "eval_output_stride", "eval_scales", "eval_flip", "sliding_window", "window_stride", "crf", "crf_workers",
+    "exported",
+)  # fmt: skip
+
+
 class DeepLabCLI(LightningCLI):
     """Links ``num_classes`` and the ignore label from the datamodule to the model; always checkpoints on
     the best ``val/mIoU`` plus ``last.ckpt``, writes metric JSONs and predictions, and with W&B logs media.
@@ -51,6 +58,18 @@ class DeepLabCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         parser.add_lightning_class_args(MetricsWriter, "metrics")
         parser.add_lightning_class_args(WandbMedia, "wandb_media")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning puts ``--ckpt_path``'s saved hyperparameters over the config; keep the evaluation settings
+        (``EVAL_KEYS``) of this run's config and command line, so ``test --ckpt_path X --model.eval_flip true``
+        does what it says.
+        """
+        sub = self.config.get("subcommand")
+        init_args = self.config[sub].get("model", {}).get("init_args", {}) if sub else {}
+        keep = {k: init_args[k] for k in EVAL_KEYS if k in init_args}
+        super()._parse_ckpt_path()
+        for key, value in keep.items():
+            self.config[sub].model.init_args[key] = value
 
 
 def main(args: list[str] | None = None, run: bool = True) -> DeepLabCLI:

@@ -3,12 +3,16 @@
 mIoU here is the benchmark mIoU (VOC/Cityscapes): one confusion matrix over every labelled pixel of the split,
 the same value as torchmetrics' ``MulticlassJaccardIndex(average="macro", ignore_index=255)`` (a test checks
 this). Keeping the matrix itself gives every other metric from the same single state, which is summed across
-processes, and lets loggers draw it.
+processes, and lets loggers draw it. ``boundary_band`` and ``trimap_miou`` give the papers' trimap evaluation:
+mIoU over the pixels near label boundaries only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -53,3 +57,47 @@ def metrics_from_confmat(confmat: Tensor) -> dict[str, Tensor]:
         "IoU": iou,
         "confmat": confmat,
     }
+
+
+def boundary_band(labels: Tensor, width: int, ignore_index: int = 255, void_is_boundary: bool = True) -> Tensor:
+    """The trimap band: labelled pixels within ``width`` pixels (Chebyshev distance) of a pixel of another label.
+
+    ``labels`` is (H, W) or (B, H, W). A pixel is in the band when the (2 width + 1)² window around it holds two
+    labels, i.e. the label-change map max-pooled by ``width``. Ignored pixels are never in the band. With
+    ``void_is_boundary`` the ignore label counts as a label, so VOC's void outlines mark object boundaries (the
+    papers' trimap is "a narrow band of the void labels"); without it only edges between two classes count.
+    Pixels beyond the image border are not a boundary.
+    """
+    if width < 1:
+        return torch.zeros_like(labels, dtype=torch.bool)
+    void = labels == ignore_index
+    x = labels.reshape(-1, 1, *labels.shape[-2:]).float()  # (B, 1, H, W); max_pool2d pads with -inf
+
+    def window_max(t: Tensor) -> Tensor:
+        return F.max_pool2d(t, 2 * width + 1, stride=1, padding=width).view(labels.shape)
+
+    if void_is_boundary:
+        changes = window_max(x) != -window_max(-x)
+    else:  # the window's largest and smallest class label, void left out (-1 / +inf never win)
+        flat_void = void.reshape(x.shape)
+        hi = window_max(x.masked_fill(flat_void, -1.0))
+        lo = -window_max(-x.masked_fill(flat_void, torch.inf))
+        changes = (hi >= 0) & (lo < torch.inf) & (hi != lo)
+    return changes & ~void
+
+
+def trimap_miou(
+    preds: Tensor, labels: Tensor, widths: Sequence[int], num_classes: int, ignore_index: int = 255
+) -> dict[int, float]:
+    """Dataset-level mIoU over the trimap band of each width (V3+ Fig. 5); ``preds`` (B, H, W) or (B, C, H, W).
+
+    For a split, update one :class:`SegmentationMetrics` per width with the labels outside
+    ``boundary_band(labels, width)`` set to ``ignore_index``; this function does that for one batch.
+    """
+    results = {}
+    for width in widths:
+        metric = SegmentationMetrics(num_classes, ignore_index).to(labels.device)
+        band = boundary_band(labels, width, ignore_index)
+        metric.update(preds, labels.masked_fill(~band, ignore_index))
+        results[width] = float(metric.compute()["mIoU"])
+    return results

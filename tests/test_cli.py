@@ -81,6 +81,15 @@ def test_test_and_validate_on_a_saved_checkpoint(trained, tmp_path) -> None:
     assert total == 4 * 48 * 48  # every labelled test pixel counted once
     cli = run(tmp_path, "validate", "--config", config, "--ckpt_path", str(ckpt / "last.ckpt"))
     assert "val/mIoU" in cli.trainer.callback_metrics
+    assert cli.model.hparams.eval_output_stride == 8 and cli.model.hparams.multi_grid == [1, 2]  # from the config
+
+
+def test_evaluation_settings_on_the_command_line_win_over_the_checkpoint(trained, tmp_path) -> None:
+    _, ckpt, config = trained
+    args = ["--model.init_args.eval_output_stride", "16", "--model.init_args.eval_flip", "true"]
+    cli = run(tmp_path, "validate", "--config", config, "--ckpt_path", str(ckpt / "last.ckpt"), *args)
+    assert cli.model.hparams.eval_output_stride == 16 and cli.model.tta.flip
+    assert cli.model.net.output_stride == 16  # evaluated at 16, not at the checkpoint's 8
 
 
 def test_predict_writes_pngs_overlays_and_fractions_and_survives_a_bad_file(trained, tmp_path) -> None:

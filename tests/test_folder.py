@@ -33,6 +33,17 @@ def test_reads_pairs_by_stem(folder) -> None:
     assert (mask.numpy() == np.asarray(Image.open(folder / "train/masks/f2.png"))).all()
 
 
+def test_a_custom_ignore_label_is_read_as_255(folder) -> None:
+    path = folder / "train/masks/f1.png"
+    labels = np.asarray(Image.open(path)).copy()
+    labels[labels == 255] = 9  # this dataset marks "don't care" with 9
+    Image.fromarray(labels, mode="L").save(path)
+    with pytest.raises(DataError, match=r"f1.png has label values \[9\]"):
+        FolderSegmentation(folder, "train", num_classes=3)[1]
+    mask = FolderDataModule(str(folder), ["a", "b", "c"], ignore_label=9).dataset("train")[1][1].numpy()
+    assert (mask[:2] == 255).all() and set(np.unique(mask[2:])) <= {0, 1, 2}
+
+
 def test_unpaired_and_out_of_range_files_are_named(folder) -> None:
     (folder / "train/masks/f3.png").unlink()
     with pytest.raises(DataError, match=r"image .*f3.jpg has no mask in .*train/masks \(1 unpaired\)"):

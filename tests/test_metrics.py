@@ -2,10 +2,11 @@
 
 import math
 
+import pytest
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from deeplab_lit.metrics import SegmentationMetrics
+from deeplab_lit.metrics import SegmentationMetrics, boundary_band, trimap_miou
 
 
 def test_metrics_on_a_hand_computed_confusion_matrix() -> None:
@@ -45,3 +46,42 @@ def test_miou_equals_torchmetrics_jaccard_index() -> None:
         ours.update(logits, target)
         ref.update(logits.argmax(1), target)
     assert abs(ours.compute()["mIoU"].item() - ref.compute().item()) < 1e-6
+
+
+def two_regions() -> torch.Tensor:
+    labels = torch.zeros(6, 6, dtype=torch.long)
+    labels[:, 3:] = 1  # class 0 in columns 0-2, class 1 in columns 3-5
+    return labels
+
+
+def test_boundary_band_is_every_pixel_within_width_of_the_other_label() -> None:
+    labels = two_regions()
+    for width, columns in ((1, [2, 3]), (2, [1, 2, 3, 4]), (3, list(range(6)))):
+        expected = torch.zeros(6, 6, dtype=torch.bool)
+        expected[:, columns] = True
+        assert torch.equal(boundary_band(labels, width), expected)
+        assert torch.equal(boundary_band(labels[None].repeat(2, 1, 1), width), expected[None].repeat(2, 1, 1))
+    assert not boundary_band(labels, 0).any()
+    assert not boundary_band(torch.zeros(4, 4, dtype=torch.long), 2).any()  # the image border is no boundary
+
+
+def test_boundary_band_leaves_out_void_and_can_treat_it_as_a_boundary() -> None:
+    labels = two_regions()
+    labels[5, 0] = 255  # a void pixel in the corner of class 0
+    band = boundary_band(labels, 1)
+    assert not band[5, 0]
+    assert band[4, 0] and band[4, 1] and band[5, 1]  # VOC style: void outlines mark boundaries
+    class_edges = boundary_band(labels, 1, void_is_boundary=False)
+    assert not class_edges[:, :2].any() and class_edges[:, 2:4].all() and not class_edges[:, 4:].any()
+
+
+def test_trimap_miou_on_a_hand_computed_band() -> None:
+    labels = two_regions()
+    preds = torch.zeros(6, 6, dtype=torch.long)
+    preds[:, 4:] = 1  # the predicted boundary is one column too far right
+    # width 1 (columns 2, 3): class 0 tp 6, fp 6 -> 1/2; class 1 tp 0, fn 6 -> 0
+    # width 2 (columns 1-4): class 0 tp 12, fp 6 -> 2/3; class 1 tp 6, fn 6 -> 1/2
+    result = trimap_miou(preds[None], labels[None], [1, 2], num_classes=2)
+    assert result == {1: pytest.approx(0.25), 2: pytest.approx((2 / 3 + 1 / 2) / 2)}
+    logits = torch.nn.functional.one_hot(preds, 3).permute(2, 0, 1)[None].float()  # scores work too; class 2 absent
+    assert trimap_miou(logits, labels[None], [1], num_classes=3) == {1: pytest.approx(0.25)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,11 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
@@ -145,11 +147,46 @@ class SegmentationDataModule(L.LightningDataModule):
             ignore_index=self.ignore_index,
         )
 
+    def _sampler(self, dataset: Dataset, train: bool) -> Sampler | None:
+        """This process's share of the split when several processes run (``None`` in a single process).
+
+        Training: ``DistributedSampler``, shuffled and padded so every process runs as many steps (Lightning calls
+        its ``set_epoch`` every epoch). Evaluation: ``UnrepeatedDistributedSampler``, which gives each image to
+        exactly one process, where Lightning's own sampler pads the split with repeated images that the metrics
+        would count twice. Per-process batch counts may then differ by one: safe, as the metrics and the logged
+        loss are reduced once, at epoch end. Lightning keeps a loader whose sampler is already a
+        ``DistributedSampler``, so this holds whatever ``use_distributed_sampler`` is; predict is left to Lightning,
+        which already splits it without repeats.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        kwargs = trainer.distributed_sampler_kwargs or {}  # num_replicas, rank
+        if not train:
+            return UnrepeatedDistributedSampler(dataset, shuffle=False, **kwargs)
+        seed = int(os.getenv("PL_GLOBAL_SEED", 0))  # as Lightning's sampler: seed_everything sets it
+        return DistributedSampler(dataset, shuffle=not trainer.overfit_batches, seed=seed, drop_last=False, **kwargs)
+
+    def _log_batch_size(self) -> None:
+        trainer = self.trainer
+        if trainer is None:
+            return
+        message = (
+            f"batch {self.batch_size} per device × {trainer.num_devices} devices × {trainer.num_nodes} nodes"
+            f" = global {self.batch_size * trainer.world_size}"
+        )
+        if trainer.accumulate_grad_batches > 1:
+            k = trainer.accumulate_grad_batches
+            message += f" (× {k} accumulated = {self.batch_size * trainer.world_size * k} per optimizer step)"
+        rank_zero_info(message)
+
     def _loader(self, dataset: Dataset, batch_size: int, train: bool = False) -> DataLoader:
+        sampler = self._sampler(dataset, train)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -158,6 +195,7 @@ class SegmentationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        self._log_batch_size()
         return self._loader(Transformed(self.dataset("train"), self.train_transform()), self.batch_size, True)
 
     def val_dataloader(self) -> DataLoader:
@@ -294,10 +332,11 @@ class CityscapesDataModule(SegmentationDataModule):
 
 
 class FolderDataModule(SegmentationDataModule):
-    """Your own data: ``<root>/{train,val[,test]}/{images,masks}``, masks holding class indices, 255 = ignore.
+    """Your own data: ``<root>/{train,val[,test]}/{images,masks}``, masks holding class indices.
 
     ``class_names`` sets the number of classes; ``colors`` (RGB per class) colour predictions and let RGB masks in
-    those colours be read. The test split falls back to ``val`` when ``<root>/test`` does not exist.
+    those colours be read; ``ignore_label`` is the masks' "don't care" value (255 by default). The test split falls
+    back to ``val`` when ``<root>/test`` does not exist.
     """
 
     def __init__(
@@ -305,6 +344,7 @@ class FolderDataModule(SegmentationDataModule):
         root: str,
         class_names: list[str],
         colors: list[tuple[int, int, int]] | None = None,
+        ignore_label: int = IGNORE_INDEX,
         batch_size: int = 8,
         val_batch_size: int = 1,
         num_workers: int = 4,
@@ -315,11 +355,11 @@ class FolderDataModule(SegmentationDataModule):
         super().__init__(batch_size, val_batch_size, num_workers, crop_size, scale_range, predict_path=predict_path)
         if colors is not None and len(colors) != len(class_names):
             raise ValueError(f"{len(colors)} colors given for {len(class_names)} classes")
-        self.root, self.class_names = root, tuple(class_names)
+        self.root, self.class_names, self.ignore_label = root, tuple(class_names), ignore_label
         self.num_classes = len(class_names)
         self.palette = [tuple(c) for c in colors] if colors else voc_palette()
 
     def build(self, split: str) -> Dataset:
         if split == "test" and not (Path(self.root) / "test").is_dir():
             split = "val"
-        return FolderSegmentation(self.root, split, self.num_classes, self.palette)
+        return FolderSegmentation(self.root, split, self.num_classes, self.palette, self.ignore_label)

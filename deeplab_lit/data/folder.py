@@ -8,16 +8,25 @@ from pathlib import Path
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from .voc import IMAGE_SUFFIXES, DataError, load_pair, voc_palette
+from .transforms import IGNORE_INDEX
+from .voc import IMAGE_SUFFIXES, DataError, check_labels, make_pair, read_image, read_label_png, voc_palette
 
 
 class FolderSegmentation(Dataset):
     """``<root>/<split>/images/<stem>.<ext>`` with ``<root>/<split>/masks/<stem>.png`` (labels as pixel values).
 
     Construction checks the layout, that every image has its mask (and the reverse), and decodes one pair.
+    ``ignore_label``: the masks' "don't care" value, read as 255 (the ignore label everywhere downstream).
     """
 
-    def __init__(self, root: str | Path, split: str, num_classes: int, palette: Sequence | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        num_classes: int,
+        palette: Sequence | None = None,
+        ignore_label: int = IGNORE_INDEX,
+    ) -> None:
         folder = Path(root) / split
         images_dir, masks_dir = folder / "images", folder / "masks"
         for d in (images_dir, masks_dir):
@@ -39,7 +48,7 @@ class FolderSegmentation(Dataset):
         self.stems = sorted(images)
         self.images = [images[s] for s in self.stems]
         self.masks = [masks[s] for s in self.stems]
-        self.num_classes = num_classes
+        self.num_classes, self.ignore_label = num_classes, ignore_label
         self.palette = list(palette) if palette else voc_palette()
         self[0]
 
@@ -47,4 +56,8 @@ class FolderSegmentation(Dataset):
         return len(self.stems)
 
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-        return load_pair(self.images[index], self.masks[index], self.num_classes, self.palette)
+        image, mask = self.images[index], self.masks[index]
+        labels = read_label_png(mask, self.palette, self.num_classes)
+        if self.ignore_label != IGNORE_INDEX:
+            labels[labels == self.ignore_label] = IGNORE_INDEX
+        return make_pair(image, read_image(image), mask, check_labels(labels, self.num_classes, mask))

@@ -1,0 +1,161 @@
+"""experiments/ablations: the run grids (dry run, SLURM array, W&B sweeps) of every script, the CLI accepting their
+overrides, and one tiny real ablation with its Markdown table and plot."""
+
+import importlib.util
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from deeplab_lit.cli import main as cli_main
+
+ABLATIONS = Path(__file__).resolve().parents[1] / "experiments" / "ablations"
+# script -> (variants, training runs) per seed; evaluation-only knobs (eval OS, CRF) share one training run
+GRIDS = {"atrous_rates": (5, 5), "image_pooling": (4, 4), "output_stride": (6, 3), "crf": (4, 2), "decoder": (2, 2)}
+
+
+def load(name: str):
+    if str(ABLATIONS) not in sys.path:
+        sys.path.insert(0, str(ABLATIONS))  # the scripts import their neighbour `common`
+    spec = importlib.util.spec_from_file_location(f"ablation_{name}", ABLATIONS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def option(argv: list[str], name: str) -> str:
+    return argv[len(argv) - 1 - argv[::-1].index(name) + 1]  # the last occurrence wins, as in jsonargparse
+
+
+def dry_run(name: str, capsys, *args: str) -> list[list[str]]:
+    load(name).main(["--dry-run", *args])
+    lines = capsys.readouterr().out.splitlines()
+    assert all(line.startswith("python -m deeplab_lit ") for line in lines)
+    return [shlex.split(line)[3:] for line in lines]
+
+
+@pytest.mark.parametrize("name", GRIDS)
+def test_dry_run_trains_once_and_tests_each_variant_with_group_and_tags(name, capsys) -> None:
+    module, (variants, fits) = load(name), GRIDS[name]
+    commands = dry_run(name, capsys, "--wandb")
+    assert len(commands) == (variants + fits) * 3  # 3 seeds; variants × seeds × 2 where no training run is shared
+    stages = [argv[0] for argv in commands]
+    assert stages.count("fit") == fits * 3 and stages.count("test") == variants * 3
+    written = set()
+    knobs = {v.value: v.knob for v in module.ABLATION.variants}
+    for argv in commands:
+        assert option(argv, "--trainer.logger.init_args.group") == f"{name}-shapes"
+        assert option(argv, "--trainer.logger.init_args.job_type") == {"fit": "train", "test": "eval"}[argv[0]]
+        assert "experiments/configs/_base/logger_wandb.yaml" in argv
+        knob, value = json.loads(option(argv, "--trainer.logger.init_args.tags"))
+        assert knob == module.ABLATION.variants[0].knob
+        if argv[0] == "fit":
+            written.add(f"{option(argv, '--checkpoint.dirpath')}/{option(argv, '--checkpoint.filename')}.ckpt")
+        else:
+            assert knobs[value] == knob
+            assert option(argv, "--model.init_args.init_from") in written  # a checkpoint trained before
+    tests = [(json.loads(option(a, "--trainer.logger.init_args.tags"))[1], a) for a in commands if a[0] == "test"]
+    assert sorted({value for value, _ in tests}) == sorted(knobs)
+    assert {option(a, "--seed_everything") for a in commands} == {"0", "1", "2"}
+
+
+def test_without_wandb_the_commands_keep_the_config_logger(capsys) -> None:
+    commands = dry_run("decoder", capsys, "--seeds", "1", "--dataset", "voc", "--max-steps", "100")
+    assert len(commands) == 4
+    for argv in commands:
+        assert not any("logger_wandb" in a or a.endswith((".group", ".tags")) for a in argv)
+        assert option(argv, "--config").startswith("experiments/configs/voc/deeplabv3plus_")
+        assert option(argv, "--trainer.max_steps") == "100"
+
+
+def parsed(argv: list[str], capsys) -> dict:
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([*argv, "--print_config"])
+    assert exit_.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_the_cli_accepts_the_overrides_and_evaluation_knobs_win(capsys) -> None:
+    crf_on = next(a for a in dry_run("crf", capsys, "--seeds", "1", "--wandb") if "v1-crf-on-s0-test" in a)
+    config = parsed(crf_on, capsys)
+    assert config["model"]["init_args"]["crf"]["w1"] == 4.0 and config["model"]["init_args"]["crf"]["iterations"] == 10
+    assert config["trainer"]["logger"]["init_args"]["tags"] == ["crf", "on"]
+    eval16 = next(a for a in dry_run("output_stride", capsys, "--seeds", "1") if "train8-eval16-s0-test" in a)
+    model = parsed(eval16, capsys)["model"]["init_args"]
+    assert (model["output_stride"], model["eval_output_stride"], model["init_from"]) == (
+        8,
+        16,
+        "runs/ablations/output_stride/train8-s0/ckpt/best.ckpt",
+    )
+
+
+def test_slurm_array_has_one_task_per_training_run(capsys) -> None:
+    script = load("output_stride").main(["--slurm", "--seeds", "2", "--max-epochs", "3"])
+    assert "#SBATCH --array=0-5\n" in script  # 3 training runs × 2 seeds
+    assert script.startswith("#!/bin/bash\n") and capsys.readouterr().out == script
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert srun.endswith("--index $SLURM_ARRAY_TASK_ID") and "--seeds 2 --max-epochs 3" in srun
+
+
+def test_sweep_yaml_is_a_grid_over_the_knobs_and_seeds(tmp_path, capsys) -> None:
+    (path,) = load("output_stride").main(["--sweep", "--out", str(tmp_path)])
+    sweep = yaml.safe_load(path.read_text())
+    assert sweep["method"] == "grid" and sweep["metric"] == {"name": "val/mIoU", "goal": "maximize"}
+    assert sweep["parameters"] == {
+        "model.init_args.output_stride": {"values": ["8", "16", "32"]},
+        "model.init_args.eval_output_stride": {"values": ["8", "16"]},
+        "seed_everything": {"values": [0, 1, 2]},
+    }
+    command = sweep["command"]
+    assert command[:5] == ["${env}", "python", "-m", "deeplab_lit", "fit"] and command[-1] == "${args}"
+    assert "experiments/configs/_base/logger_wandb.yaml" in command
+    paths = load("image_pooling").main(["--sweep", "--out", str(tmp_path)])
+    assert [p.name for p in paths] == ["sweep-v3-shapes.yaml", "sweep-v3plus-shapes.yaml"]
+    assert "wandb sweep" in capsys.readouterr().out
+
+
+def test_valid_atrous_taps_match_the_computed_table_of_papers_3j() -> None:
+    atrous = load("atrous_rates")
+    assert atrous.tap_shares(65, 6)[1] == pytest.approx(0.665, abs=5e-4)  # 513 crop at OS 8
+    assert atrous.tap_shares(33, 6)[1] == pytest.approx(0.405, abs=5e-4)
+    assert atrous.tap_shares(41, 12)[1] == pytest.approx(0.172, abs=5e-4)  # V2: 321 crop at OS 8
+    assert atrous.tap_shares(33, 24)[1] == 0.0  # rate 24 at OS 16: never all 9 taps
+    assert atrous.tap_shares(3, 1)[0] == pytest.approx((7 / 9) ** 2)  # per axis 2, 3, 2 of 3 taps inside
+    cli = SimpleNamespace(
+        model=SimpleNamespace(net=SimpleNamespace(output_stride=16, aspp=SimpleNamespace(rates=(6, 12, 18)))),
+        datamodule=SimpleNamespace(crop_size=513),
+    )
+    info = atrous.rate_info(cli)
+    assert info["feature map (px)"] == 33
+    assert info["all 9 valid"] == pytest.approx((0.405 + 0.074 + 0) / 3, abs=1e-3)
+
+
+def test_one_tiny_ablation_end_to_end_then_summary(tmp_path, capsys) -> None:
+    argv = ["--quick", "--seeds", "1", "--only", "v3plus-*", "--trimap-widths", "1", "2", "--out", str(tmp_path)]
+    records = load("image_pooling").main(argv)
+    assert [r["variant"] for r in records] == ["v3plus-pool", "v3plus-nopool"]
+    lines = (tmp_path / "image_pooling" / "runs.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == records
+    for r in records:
+        assert 0.0 <= r["mIoU"] <= 1.0 and set(r["IoU"]) >= {"background", "ring"}
+        assert set(r["trimap"]) == {"1", "2"} and all(0.0 <= v <= 1.0 for v in r["trimap"].values())
+        assert r["seconds_per_image"] > 0 and r["gmacs"] > 0 and r["fit_seconds"] > 0
+        assert Path(r["ckpt"]).is_file()
+    assert records[0]["gmacs"] > records[1]["gmacs"]  # the pooling branch costs multiply-adds
+    capsys.readouterr()
+    assert load("image_pooling").main(argv) == []  # recorded runs are not run again
+    summarize = load("summarize")
+    table, plot = summarize.main(["--out", str(tmp_path)])
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| v3plus")]
+    assert [row.split(" | ")[0] for row in rows] == ["| v3plus-pool", "| v3plus-nopool"]
+    header = table.read_text().splitlines()[2]
+    assert "test mIoU (%)" in header and "trimap 2px (%)" in header and "GMACs/image" in header
+    mean = float(rows[0].split(" | ")[5])
+    assert math.isclose(mean, round(records[0]["mIoU"] * 100, 2))
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sys.modules["common"].summarize(tmp_path / "image_pooling", wandb=True)  # WANDB_MODE=disabled in tests
