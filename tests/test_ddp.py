@@ -68,6 +68,7 @@ def ddp_main(out: Path) -> None:
             "sampler_epoch": sampler.epoch,
             "val_sampler": type(fit.val_dataloaders.sampler).__name__,
             "confmat_total": int(model.results["val"]["confmat"].sum()),
+            "sync_bn_layers": sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()),  # CPU: none
         }
     }
     if fit.global_rank == 0:
@@ -143,6 +144,7 @@ def test_ddp_evaluation_counts_every_image_exactly_once(tmp_path) -> None:
         "sampler_epoch": 1,
         "val_sampler": "UnrepeatedDistributedSampler",
         "confmat_total": sum(labelled),
+        "sync_bn_layers": 0,
     }
 
     # validation on 2 processes == validation on 1, exactly, with uneven per-process batch counts

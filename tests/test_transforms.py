@@ -69,3 +69,19 @@ def test_crop_then_pad_draws_the_windows_of_pad_then_crop() -> None:
         top = next(t for t in range(33) if torch.equal(y[:, :20], mask[t : t + 48]))
         offsets.add(top)
     assert min(offsets) <= 3 and max(offsets) >= 29  # offsets cover 0..32
+
+
+def test_photometric_distortion_changes_colours_only() -> None:
+    image, mask = blocks()
+    plain = TrainPreset(crop_size=48, scale_range=(1.0, 1.0), hflip=0.0, mean=(0, 0, 0), std=(1, 1, 1))
+    jitter = TrainPreset(crop_size=48, scale_range=(1.0, 1.0), hflip=0.0, mean=(0, 0, 0), std=(1, 1, 1),
+                         photometric=True)  # fmt: skip
+    changed = 0
+    for seed in range(10):
+        torch.manual_seed(seed)
+        x0, y0 = plain(image, mask)
+        torch.manual_seed(seed)
+        x1, y1 = jitter(image, mask)
+        assert torch.equal(y0, y1) and x1.shape == x0.shape  # same geometry, same labels
+        changed += not torch.allclose(x0, x1)
+    assert changed >= 5  # each distortion applies with probability 0.5

@@ -113,6 +113,7 @@ class SegmentationDataModule(L.LightningDataModule):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         predict_path: str | None = None,
+        photometric: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 2:
@@ -121,7 +122,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
         self.crop_size, self.scale_range, self.scale_step = crop_size, scale_range, scale_step
         self.mean, self.std = mean, std
-        self.predict_path = predict_path
+        self.predict_path, self.photometric = predict_path, photometric
         self._datasets: dict[str, Dataset] = {}
 
     def build(self, split: str) -> Dataset:
@@ -145,6 +146,7 @@ class SegmentationDataModule(L.LightningDataModule):
             mean=self.mean,
             std=self.std,
             ignore_index=self.ignore_index,
+            photometric=self.photometric,
         )
 
     def _sampler(self, dataset: Dataset, train: bool) -> Sampler | None:
@@ -275,10 +277,18 @@ class VOCDataModule(SegmentationDataModule):
         crop_size: int | tuple[int, int] = 513,
         scale_range: tuple[float, float] = (0.5, 2.0),
         scale_step: float | None = None,
+        photometric: bool = False,
         predict_path: str | None = None,
     ) -> None:
         super().__init__(
-            batch_size, val_batch_size, num_workers, crop_size, scale_range, scale_step, predict_path=predict_path
+            batch_size,
+            val_batch_size,
+            num_workers,
+            crop_size,
+            scale_range,
+            scale_step,
+            predict_path=predict_path,
+            photometric=photometric,
         )
         self.root, self.sbd_root = root, sbd_root
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
@@ -314,10 +324,18 @@ class CityscapesDataModule(SegmentationDataModule):
         crop_size: int | tuple[int, int] = 769,
         scale_range: tuple[float, float] = (0.5, 2.0),
         scale_step: float | None = None,
+        photometric: bool = False,
         predict_path: str | None = None,
     ) -> None:
         super().__init__(
-            batch_size, val_batch_size, num_workers, crop_size, scale_range, scale_step, predict_path=predict_path
+            batch_size,
+            val_batch_size,
+            num_workers,
+            crop_size,
+            scale_range,
+            scale_step,
+            predict_path=predict_path,
+            photometric=photometric,
         )
         self.root = root
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
@@ -350,9 +368,18 @@ class FolderDataModule(SegmentationDataModule):
         num_workers: int = 4,
         crop_size: int | tuple[int, int] = 513,
         scale_range: tuple[float, float] = (0.5, 2.0),
+        photometric: bool = False,
         predict_path: str | None = None,
     ) -> None:
-        super().__init__(batch_size, val_batch_size, num_workers, crop_size, scale_range, predict_path=predict_path)
+        super().__init__(
+            batch_size,
+            val_batch_size,
+            num_workers,
+            crop_size,
+            scale_range,
+            predict_path=predict_path,
+            photometric=photometric,
+        )
         if colors is not None and len(colors) != len(class_names):
             raise ValueError(f"{len(colors)} colors given for {len(class_names)} classes")
         self.root, self.class_names, self.ignore_label = root, tuple(class_names), ignore_label

@@ -107,7 +107,8 @@ class RandomCropAtMost(v2.Transform):
 
 
 class TrainPreset(v2.Compose):
-    """DeepLab training augmentation: scale 0.5–2.0, crop (513 VOC / 769 Cityscapes), pad with ignore, flip."""
+    """DeepLab training augmentation: scale 0.5–2.0, crop (513 VOC / 769 Cityscapes), flip, pad with ignore;
+    ``photometric`` adds colour distortion (not in the papers; common in later recipes)."""
 
     def __init__(
         self,
@@ -118,12 +119,22 @@ class TrainPreset(v2.Compose):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         ignore_index: int = IGNORE_INDEX,
+        photometric: bool = False,
     ) -> None:
+        # mmsegmentation's PhotoMetricDistortion ranges (brightness ±32/255, contrast and saturation 0.5–1.5, hue
+        # ±18°), each applied with probability 0.5; images only, masks pass through unchanged.
+        distortion = [
+            v2.RandomApply([v2.ColorJitter(brightness=32 / 255)]),
+            v2.RandomApply([v2.ColorJitter(contrast=0.5)]),
+            v2.RandomApply([v2.ColorJitter(saturation=0.5)]),
+            v2.RandomApply([v2.ColorJitter(hue=0.05)]),
+        ]
         super().__init__(
             [
                 RandomScale(scale_range, scale_step),  # uint8
                 RandomCropAtMost(crop_size),
                 v2.RandomHorizontalFlip(hflip),  # on uint8, before padding (as torchvision's references)
+                *(distortion if photometric else []),
                 NormalizePad(mean, std, crop_size, ignore_index),  # float (3, crop), int64 (crop)
                 v2.ToPureTensor(),
             ]

@@ -139,6 +139,12 @@ class SegmentationModule(L.LightningModule):
             return multi_scale_forward(self.net, x, self.msc_scales)
         return self.net(x)
 
+    def setup(self, stage: str) -> None:
+        """SyncBN when training on several GPUs, plain BN otherwise (PyTorch's SyncBatchNorm refuses CPU tensors)."""
+        trainer = self.trainer
+        if stage == "fit" and trainer.world_size > 1 and trainer.strategy.root_device.type == "cuda":
+            self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+
     def _batch_norms(self) -> list[nn.Module]:
         return [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
