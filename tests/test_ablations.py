@@ -135,6 +135,7 @@ def test_valid_atrous_taps_match_the_computed_table_of_papers_3j() -> None:
     assert info["all 9 valid"] == pytest.approx((0.405 + 0.074 + 0) / 3, abs=1e-3)
 
 
+@pytest.mark.slow  # two real fit + test runs: about a minute on 2 loaded cores
 def test_one_tiny_ablation_end_to_end_then_summary(tmp_path, capsys) -> None:
     argv = ["--quick", "--seeds", "1", "--only", "v3plus-*", "--trimap-widths", "1", "2", "--out", str(tmp_path)]
     records = load("image_pooling").main(argv)

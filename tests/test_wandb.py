@@ -18,6 +18,7 @@ def no_account(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.delenv("WANDB_MODE", raising=False)
+    wandb.teardown()  # forget settings an earlier run in this process (e.g. a disabled one) left behind
 
 
 def test_offline_without_account_online_with_key(no_account, monkeypatch) -> None:
