@@ -271,25 +271,9 @@ class VOCDataModule(SegmentationDataModule):
         train_split: str = "train_aug",
         val_split: str = "val",
         test_split: str = "val",
-        batch_size: int = 16,
-        val_batch_size: int = 1,
-        num_workers: int = 4,
-        crop_size: int | tuple[int, int] = 513,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-        scale_step: float | None = None,
-        photometric: bool = False,
-        predict_path: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size,
-            val_batch_size,
-            num_workers,
-            crop_size,
-            scale_range,
-            scale_step,
-            predict_path=predict_path,
-            photometric=photometric,
-        )
+        super().__init__(**kwargs)  # batch 16, crop 513, scale 0.5-2.0: the base's defaults are VOC's
         self.root, self.sbd_root = root, sbd_root
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
 
@@ -319,24 +303,10 @@ class CityscapesDataModule(SegmentationDataModule):
         val_split: str = "val",
         test_split: str = "val",
         batch_size: int = 8,
-        val_batch_size: int = 1,
-        num_workers: int = 4,
         crop_size: int | tuple[int, int] = 769,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-        scale_step: float | None = None,
-        photometric: bool = False,
-        predict_path: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size,
-            val_batch_size,
-            num_workers,
-            crop_size,
-            scale_range,
-            scale_step,
-            predict_path=predict_path,
-            photometric=photometric,
-        )
+        super().__init__(batch_size=batch_size, crop_size=crop_size, **kwargs)
         self.root = root
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
 
@@ -364,22 +334,9 @@ class FolderDataModule(SegmentationDataModule):
         colors: list[tuple[int, int, int]] | None = None,
         ignore_label: int = IGNORE_INDEX,
         batch_size: int = 8,
-        val_batch_size: int = 1,
-        num_workers: int = 4,
-        crop_size: int | tuple[int, int] = 513,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-        photometric: bool = False,
-        predict_path: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size,
-            val_batch_size,
-            num_workers,
-            crop_size,
-            scale_range,
-            predict_path=predict_path,
-            photometric=photometric,
-        )
+        super().__init__(batch_size=batch_size, **kwargs)
         if colors is not None and len(colors) != len(class_names):
             raise ValueError(f"{len(colors)} colors given for {len(class_names)} classes")
         self.root, self.class_names, self.ignore_label = root, tuple(class_names), ignore_label
