@@ -1,0 +1,74 @@
+"""Receptive-field helpers used by notebooks/atrous_rates.ipynb."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from deeplab_lit.nets import build_backbone
+from deeplab_lit.receptive_field import (
+    effective_rf,
+    main_path_layers,
+    mass_side,
+    reach_map,
+    size_buckets,
+    stack_rf,
+    support_side,
+    switched_off,
+    valid_taps,
+)
+
+
+def test_receptive_field_arithmetic() -> None:
+    assert stack_rf([(3, 1, 1)] * 3) == 7
+    assert stack_rf([(3, 1, 1), (3, 1, 2), (3, 1, 4)]) == 15
+    assert stack_rf([(7, 2, 1), (3, 2, 1), (3, 1, 1)]) == 7 + 2 * 2 + 2 * 4
+    # DeepLabv3 Fig. 4 setting, exact counts: 65×65 rate 6 all-9 valid, 33×33 rate 24 centre only
+    assert valid_taps(65, 6)["all"] == pytest.approx((53 / 65) ** 2)
+    assert valid_taps(33, 24)["centre_only"] == pytest.approx((15 / 33) ** 2)
+    assert valid_taps(33, 24)["all"] == 0.0
+    assert valid_taps(6, 6) == {"valid": pytest.approx(1 / 9), "all": 0.0, "centre_only": 1.0}
+    assert valid_taps(9, 1)["valid"] == pytest.approx((1 - 2 / 27) ** 2)
+
+
+def test_reach_map_gridding() -> None:
+    equal, multi_grid = reach_map((2, 2, 2)) > 0, reach_map((1, 2, 4)) > 0
+    assert support_side(equal.double()) == 13 and int(equal.sum()) == 7 * 7  # only even offsets
+    assert support_side(multi_grid.double()) == 15 and int(multi_grid.sum()) == 15 * 15
+
+
+def test_effective_rf_of_a_conv_stack() -> None:
+    net = torch.nn.Sequential(*(torch.nn.Conv2d(1, 1, 3, padding=d, dilation=d, bias=False) for d in (1, 2, 4)))
+    for conv in net:
+        torch.nn.init.constant_(conv.weight, 1.0)
+    erf = effective_rf(net, torch.zeros(1, 1, 31, 31))
+    assert support_side(erf) == 15
+    assert torch.allclose(erf[8:23, 8:23], reach_map((1, 2, 4), margin=0).float())
+    assert mass_side(erf, 1.0) == 15 and mass_side(erf, 0.0) == 1
+
+
+def test_size_buckets() -> None:
+    mask = np.zeros((10, 10), dtype=np.int64)
+    mask[0, 0] = 1  # 1 % of the image
+    mask[5:10, 5:10] = 2  # 25 %
+    mask[0, 9] = 255
+    small, large = size_buckets(mask, (0.05,))
+    assert small[0, 0] == 1 and (small[5:, 5:] == 255).all()
+    assert large[0, 0] == 255 and (large[5:, 5:] == 2).all()
+    assert (small[1:5, :5] == 0).all() and small[0, 9] == large[0, 9] == 255
+
+
+def test_switched_off_zeroes_a_module_only_inside_the_block() -> None:
+    branch = torch.nn.Conv2d(2, 2, 1)
+    x = torch.randn(1, 2, 4, 4)
+    with switched_off(branch):
+        assert (branch(x) == 0).all()
+    assert (branch(x) != 0).any()
+
+
+def test_main_path_layers_give_known_receptive_fields() -> None:
+    assert stack_rf(main_path_layers(torchvision.models.vgg16().features)) == 212  # VGG16 pool5
+    backbone, _ = build_backbone("resnet18", 32)
+    layers = main_path_layers(backbone)
+    assert stack_rf(layers) == 435  # ResNet-18 at its native stride; shortcut 1×1 convs are left out
+    assert len(layers) == 2 + 16
