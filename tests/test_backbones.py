@@ -5,6 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
+from conftest import randomize_bn
 from deeplab_lit.nets import build_backbone
 from deeplab_lit.nets.backbones import dilation_plan
 
@@ -31,10 +32,10 @@ def test_resnet_without_multigrid_matches_torchvision_dilated_resnet(name, outpu
 
 
 def test_basic_block_resnets_dilate_both_convs() -> None:
-    # torchvision refuses dilation in BasicBlock; ours dilates conv1 and conv2 by the same rule
+    # torchvision refuses dilation in BasicBlock; ours keeps the strided conv1 at the previous rate, conv2 at the new
     backbone, _ = build_backbone("resnet34", 8)
-    assert [(b.conv1.dilation[0], b.conv2.dilation[0]) for b in backbone.layer3] == [(1, 1)] + [(2, 2)] * 5
-    assert [(b.conv1.dilation[0], b.conv2.dilation[0]) for b in backbone.layer4] == [(2, 2), (4, 4), (4, 4)]
+    assert [(b.conv1.dilation[0], b.conv2.dilation[0]) for b in backbone.layer3] == [(1, 2)] + [(2, 2)] * 5
+    assert [(b.conv1.dilation[0], b.conv2.dilation[0]) for b in backbone.layer4] == [(2, 4), (4, 4), (4, 4)]
     assert backbone.layer3[0].conv1.stride == backbone.layer4[0].downsample[0].stride == (1, 1)
 
 
@@ -119,3 +120,18 @@ def test_xception_restrides_like_timm_builds_it(output_stride) -> None:
 def test_bad_backbone_arguments_name_the_problem(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         build_backbone(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_a_smaller_output_stride_computes_the_same_function_sampled_more_densely(name) -> None:
+    """Removing a stride and dilating what follows keeps every output of the strided network, exactly."""
+    backbone, _ = build_backbone(name, 32)
+    randomize_bn(backbone)
+    backbone.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        reference = backbone(x)["out"]  # (1, C, 2, 2)
+        for output_stride, step in ((16, 2), (8, 4)):
+            backbone.set_output_stride(output_stride)
+            dense = backbone(x)["out"]
+            torch.testing.assert_close(dense[..., ::step, ::step], reference, rtol=1e-3, atol=1e-3)

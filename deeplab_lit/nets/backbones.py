@@ -101,15 +101,21 @@ def configure_layer(
 ) -> None:
     """Set a ResNet stage's stride and dilations in place.
 
-    Without multi-grid the first unit keeps ``first_dilation`` (torchvision's dilated ResNet); with it,
-    unit ``i`` uses ``dilation * multi_grid[i]`` (DeepLabv3 §3.2).
+    Without multi-grid the first unit's strided conv (and any 3x3 before it) keeps ``first_dilation``, as
+    torchvision's dilated ResNet, and every later 3x3 uses ``dilation``: the network then computes the same function
+    at every output stride, sampled more densely. With multi-grid unit ``i`` uses ``dilation * multi_grid[i]``
+    (DeepLabv3 §3.2).
     """
     if multi_grid is not None and len(multi_grid) != len(layer):
         raise ValueError(f"multi_grid {tuple(multi_grid)} needs one rate per unit ({len(layer)} units)")
     for i, block in enumerate(layer):
         stride_conv, convs = _layer_convs(block)
-        d = dilation * multi_grid[i] if multi_grid is not None else first_dilation if i == 0 else dilation
+        before_stride = convs[: convs.index(stride_conv) + 1] if i == 0 else []
         for conv in convs:
+            if multi_grid is not None:
+                d = dilation * multi_grid[i]
+            else:
+                d = first_dilation if any(conv is c for c in before_stride) else dilation
             set_dilation(conv, d, stride if (i == 0 and conv is stride_conv) else None)
         if i == 0 and block.downsample is not None:
             block.downsample[0].stride = (stride, stride)
