@@ -230,22 +230,20 @@ class WandbMedia(Callback):
 
 def confusion_image(confmat: torch.Tensor, names: Sequence[str]) -> Image.Image:
     """The row-normalised confusion matrix (rows: ground truth) as a labelled heat map."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
     counts = confmat.double()
     rates = (counts / counts.sum(1, keepdim=True).clamp_min(1)).numpy()
     size = 2 + 0.35 * len(names)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = Figure(figsize=(size, size))
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     ax.imshow(rates, cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=90)
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
     fig.tight_layout()
-    fig.canvas.draw()
-    image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
-    plt.close(fig)
-    return image
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())

@@ -202,7 +202,6 @@ class SegmentationModule(L.LightningModule):
         super().on_predict_model_eval()
         self._use_output_stride(self.hparams.eval_output_stride)
 
-    # -- the shared step -----------------------------------------------------------------------------------
     # -- the test-time pipeline --------------------------------------------------------------------------------
     def pipeline_active(self) -> bool:
         """True in ``validate``/``test``/``predict`` runs, False in training and in the validation loop of ``fit``."""
