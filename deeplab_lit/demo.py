@@ -16,7 +16,7 @@ from .cli import main as cli
 from .data.shapes import write_shapes_images
 
 CONFIG = (
-    Path(__file__).resolve().parents[1] / "experiments/configs/shapes/deeplabv3plus_mobilenetv2-os16_b16-5e_96.yaml"
+    Path(__file__).resolve().parents[1] / "experiments/configs/shapes/deeplabv3plus_mobilenetv2-os16_b16-9e_64.yaml"
 )
 
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     metrics_json = Path(test.trainer.log_dir) / "test_metrics.json"
 
     images = out / "heldout_images"
-    write_shapes_images(images, args.num_predict, image_size=96, seed=1_000_000)
+    write_shapes_images(images, args.num_predict, seed=1_000_000, **fit.datamodule.generator)
     predictions = out / "predictions"
     cli(
         [

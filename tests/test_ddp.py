@@ -94,7 +94,7 @@ def ddp_main(out: Path) -> None:
         }
     # the CLI's writers on 2 processes: every process reaches their collective calls, rank 0 writes one file each
     if fit.global_rank == 0:
-        write_shapes_images(out / "images", 5, 40)
+        write_shapes_images(out / "images", 5, image_size=40)
     fit.strategy.barrier()
     t = trainer(out, 2, callbacks=[MetricsWriter(), PredictionWriter(str(out / "predictions"))])
     t.validate(model, data(), verbose=False)

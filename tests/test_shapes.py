@@ -9,6 +9,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image as PILImage
 from torchvision import tv_tensors
 
+from deeplab_lit.data import ShapesDataModule
 from deeplab_lit.data.shapes import SHAPES_CLASSES, SHAPES_PALETTE, ShapesDataset, write_shapes_images
 
 
@@ -109,6 +110,40 @@ def test_colour_does_not_reveal_class() -> None:
     assert accuracy < max(0.45, majority + 0.15)
 
 
+def test_a_subset_of_shapes_sets_the_classes_and_keeps_their_colours() -> None:
+    ds = ShapesDataset(num_samples=30, image_size=48, seed=2, shapes=["ring", "circle"])
+    assert ds.classes == ("background", "ring", "circle") and ds.num_classes == 3
+    assert set(np.unique(_masks(ds))) == {0, 1, 2}
+    dm = ShapesDataModule(shapes=["ring", "circle"])
+    assert dm.num_classes == 3 and dm.class_names == ds.classes
+    assert dm.palette == [SHAPES_PALETTE[0], SHAPES_PALETTE[SHAPES_CLASSES.index("ring")], SHAPES_PALETTE[1]]
+    # A ring has a hole (background inside its bounding box); a lone disk has none.
+    for shape, holes in (("ring", True), ("circle", False)):
+        masks = _masks(ShapesDataset(num_samples=10, image_size=64, seed=4, max_objects=1, shapes=[shape]))
+        centres = [m[tuple(np.mean(np.nonzero(m), axis=1).round().astype(int))] for m in masks if m.any()]
+        assert all((c == 0) == holes for c in centres)
+
+
+def test_objects_lie_whole_inside_the_frame() -> None:
+    # Rectangles and crosses reach s * sqrt(2) from their centre: 0.34 * sqrt(2) < 0.5, so no object may touch
+    # the border, whatever its rotation.
+    masks = _masks(ShapesDataset(num_samples=100, image_size=64, seed=9, scale_range=(0.2, 0.34), max_objects=1))
+    border = np.concatenate([masks[:, 0], masks[:, -1], masks[:, :, 0], masks[:, :, -1]], axis=1)
+    assert (masks > 0).any(axis=(1, 2)).all() and not border.any()
+
+
+def test_every_object_stands_out_from_what_it_covers() -> None:
+    ds = ShapesDataset(num_samples=60, image_size=64, seed=8, max_objects=1, textured=0.0, clutter=0)
+    for image, mask in (ds[i] for i in range(len(ds))):
+        image, inside = image.permute(1, 2, 0).numpy().astype(float), mask.numpy() > 0
+        ys, xs = np.nonzero(inside)
+        box = np.zeros_like(inside)
+        box[max(ys.min() - 3, 0) : ys.max() + 4, max(xs.min() - 3, 0) : xs.max() + 4] = True
+        around = box & ~inside
+        if around.sum() >= 20:  # an object filling its whole frame leaves nothing to compare with
+            assert np.linalg.norm(image[inside].mean(0) - image[around].mean(0)) > 40
+
+
 def test_ignore_band_marks_exactly_the_pixels_near_boundaries() -> None:
     plain = _masks(ShapesDataset(num_samples=10, image_size=64, seed=5))
     banded = _masks(ShapesDataset(num_samples=10, image_size=64, seed=5, ignore_band=2))
@@ -133,6 +168,11 @@ def test_ignore_band_marks_exactly_the_pixels_near_boundaries() -> None:
         ({"scale_range": (0.0, 0.4)}, "scale_range"),
         ({"scale_range": (0.1, 1.5)}, "scale_range"),
         ({"ignore_band": -1}, "ignore_band"),
+        ({"shapes": ["circle", "hexagon"]}, "shapes"),
+        ({"shapes": ["ring", "ring"]}, "shapes"),
+        ({"shapes": []}, "shapes"),
+        ({"textured": 1.5}, "textured"),
+        ({"clutter": -1}, "clutter"),
     ],
 )
 def test_bad_arguments_raise_naming_the_argument(kwargs: dict, name: str) -> None:
@@ -161,8 +201,6 @@ def test_write_shapes_images(tmp_path) -> None:
 def test_augmentation_is_reproducible_per_worker_from_the_seed() -> None:
     """Two loader workers: the same seed gives the same augmented batches, another seed other ones."""
     import lightning as L
-
-    from deeplab_lit.data import ShapesDataModule
 
     def first_batches(seed: int) -> list[torch.Tensor]:
         L.seed_everything(seed, workers=True)

@@ -22,7 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CityscapesSegmentation, to_label_ids
 from .folder import FolderSegmentation
 from .sbd import TrainAugSegmentation
-from .shapes import SHAPES_CLASSES, SHAPES_PALETTE, ShapesDataset
+from .shapes import ShapesDataset, check_shapes, shapes_palette
 from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset
 from .voc import IMAGE_SUFFIXES, VOC_CLASSES, VOCSegmentation, voc_palette
 
@@ -217,12 +217,10 @@ class SegmentationDataModule(L.LightningDataModule):
 class ShapesDataModule(SegmentationDataModule):
     """The built-in Shapes data (see ``ShapesDataset``): no download, deterministic by seed.
 
-    Splits use disjoint seeds (train ``seed``, val ``seed + 1``, test ``seed + 2``).
+    Splits use disjoint seeds (train ``seed``, val ``seed + 1``, test ``seed + 2``). ``object_scale``,
+    ``max_objects``, ``shapes``, ``textured`` and ``clutter`` set the generator; ``scale_range`` is the training
+    augmentation's random rescale, as for the other datasets.
     """
-
-    num_classes = len(SHAPES_CLASSES)
-    class_names = SHAPES_CLASSES
-    palette = SHAPES_PALETTE
 
     def __init__(
         self,
@@ -231,6 +229,11 @@ class ShapesDataModule(SegmentationDataModule):
         num_test: int = 200,
         image_size: int = 128,
         seed: int = 0,
+        object_scale: tuple[float, float] = (0.05, 0.5),
+        max_objects: int = 4,
+        shapes: list[str] | None = None,
+        textured: float = 0.75,
+        clutter: int = 5,
         ignore_band: int = 0,
         batch_size: int = 16,
         val_batch_size: int = 16,
@@ -243,13 +246,23 @@ class ShapesDataModule(SegmentationDataModule):
             batch_size, val_batch_size, num_workers, crop_size or image_size, scale_range, predict_path=predict_path
         )
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
-        self.image_size, self.seed, self.ignore_band = image_size, seed, ignore_band
+        self.seed = seed
+        self.generator = {
+            "image_size": image_size,
+            "scale_range": tuple(object_scale),
+            "max_objects": max_objects,
+            "shapes": check_shapes(shapes),
+            "textured": textured,
+            "clutter": clutter,
+            "ignore_band": ignore_band,
+        }
+        self.class_names = ("background", *self.generator["shapes"])
+        self.num_classes = len(self.class_names)
+        self.palette = shapes_palette(self.generator["shapes"])
 
     def build(self, split: str) -> Dataset:
         offset = ("train", "val", "test").index(split)
-        return ShapesDataset(
-            self.sizes[split], self.image_size, self.seed + offset, ignore_band=self.ignore_band, cache=True
-        )
+        return ShapesDataset(self.sizes[split], seed=self.seed + offset, cache=True, **self.generator)
 
 
 class VOCDataModule(SegmentationDataModule):

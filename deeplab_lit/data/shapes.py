@@ -8,7 +8,9 @@ and thin parts (star tips, cross arms, rings) give a decoder and a CRF something
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +30,25 @@ SHAPES_PALETTE: list[tuple[int, int, int]] = [
     (145, 30, 180),
 ]
 IGNORE_INDEX = 255
+PLACEMENT_TRIES = 10
+MIN_SHOWN = 0.6  # share of its area every object keeps visible when a placement among the tries allows it
+MIN_CONTRAST = 80.0  # RGB distance between an object's colours and what it covers: every outline is visible
+
+
+def check_shapes(shapes: Sequence[str] | None) -> tuple[str, ...]:
+    """``shapes`` as a tuple (all six when None), refusing unknown, repeated or no names."""
+    if shapes is None:
+        return SHAPES_CLASSES[1:]
+    shapes = tuple(shapes)
+    unknown = [name for name in shapes if name not in SHAPES_CLASSES[1:]]
+    if unknown or not shapes or len(set(shapes)) != len(shapes):
+        raise ValueError(f"shapes must be distinct names from {SHAPES_CLASSES[1:]}, got {list(shapes)!r}")
+    return shapes
+
+
+def shapes_palette(shapes: Sequence[str]) -> list[tuple[int, int, int]]:
+    """Colours of background + ``shapes``: each shape keeps its colour whatever subset is chosen."""
+    return [SHAPES_PALETTE[SHAPES_CLASSES.index(name)] for name in ("background", *shapes)]
 
 
 def _shape_mask(name: str, u: np.ndarray, v: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -62,26 +83,37 @@ def _shape_mask(name: str, u: np.ndarray, v: np.ndarray, s: float, rng: np.rando
     raise ValueError(f"unknown shape {name!r}")
 
 
-def _texture(rng: np.random.Generator, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
-    """Random fill: solid, stripes, gradient or speckle, always a blend of two random colours."""
-    a, b = rng.uniform(0, 255, size=(2, 3))
+def _colour(rng: np.random.Generator, beneath: np.ndarray, min_contrast: float) -> np.ndarray:
+    """A random RGB colour at least ``min_contrast`` (Euclidean) from ``beneath``; best of 16 draws otherwise."""
+    draws = rng.uniform(0, 255, size=(16, 3))
+    distance = np.linalg.norm(draws - beneath, axis=1)
+    ok = np.flatnonzero(distance >= min_contrast)
+    return draws[ok[0] if ok.size else distance.argmax()]
+
+
+def _texture(
+    rng: np.random.Generator, dy: np.ndarray, dx: np.ndarray, beneath: np.ndarray, textured: float
+) -> np.ndarray:
+    """Random fill of two colours that both stand out from ``beneath`` (the mean colour the object covers):
+    solid, or with probability ``textured`` stripes, a gradient or speckle."""
+    a, b = _colour(rng, beneath, MIN_CONTRAST), _colour(rng, beneath, MIN_CONTRAST)
     shape = np.broadcast_shapes(dy.shape, dx.shape)
-    kind = rng.integers(4)
-    if kind == 0:
+    if rng.random() >= textured:
         return np.broadcast_to(a, (*shape, 3))
+    kind = rng.integers(3)
     angle = rng.uniform(0, math.pi)
     proj = dx * math.cos(angle) + dy * math.sin(angle)
-    if kind == 1:
+    if kind == 0:
         t = np.floor(proj / rng.uniform(2.0, 8.0)) % 2
-    elif kind == 2:
+    elif kind == 1:
         t = np.clip(proj / rng.uniform(8.0, 60.0) + 0.5, 0.0, 1.0)
     else:
         t = rng.random(shape)
     return a + t[..., None] * (b - a)
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Smooth colour field (bilinearly upsampled random grid) with grain, crossed by thin clutter lines.
+def _background(rng: np.random.Generator, height: int, width: int, clutter: int) -> np.ndarray:
+    """Smooth colour field (bilinearly upsampled random grid) with grain, crossed by up to ``clutter`` thin lines.
 
     The field varies around one random colour by ±50 per channel and carries per-pixel grain, a texture
     objects do not have: foreground is separable from background locally, the class only by shape.
@@ -96,7 +128,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     image = top * (1 - ty) + bottom * ty + rng.normal(0.0, rng.uniform(12.0, 24.0), size=(height, width, 3))
 
     ys, xs = np.arange(height)[:, None], np.arange(width)[None, :]
-    for _ in range(rng.integers(1, 6)):
+    for _ in range(rng.integers(0, clutter + 1)):
         (py, qy), (px, qx) = rng.uniform(0, height, 2), rng.uniform(0, width, 2)
         dy, dx = qy - py, qx - px
         t = np.clip(((ys - py) * dy + (xs - px) * dx) / max(dy * dy + dx * dx, 1e-6), 0.0, 1.0)
@@ -117,6 +149,28 @@ def _ignore_band(mask: np.ndarray, band: int) -> np.ndarray:
     return out
 
 
+def _place(
+    rng: np.random.Generator, name: str, s: float, ys: np.ndarray, xs: np.ndarray
+) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray, np.ndarray]:
+    """Random centre and rotation for shape ``name`` of size ``s``: its bounding box, the boolean shape in that
+    box, and the box's pixel offsets from the centre (dy, dx)."""
+    height, width = ys.shape[0], xs.shape[1]
+    # Centres keep the whole object in frame (rectangles and crosses reach s * sqrt(2) from the centre): a shape
+    # whose corners or tips fall outside the image cannot be told from another by its outline.
+    reach = s * (math.sqrt(2) if name in ("rectangle", "cross") else 1.0)
+    my, mx = min(reach, (height - 1) / 2), min(reach, (width - 1) / 2)  # pixel centres run 0 .. size - 1
+    cy, cx, theta = rng.uniform(my, height - 1 - my), rng.uniform(mx, width - 1 - mx), rng.uniform(0, 2 * math.pi)
+    r = s * 1.5 + 1  # every shape fits in a circle of radius s * sqrt(2), so only that box is evaluated
+    box = (
+        slice(max(0, int(cy - r)), min(height, int(cy + r) + 1)),
+        slice(max(0, int(cx - r)), min(width, int(cx + r) + 1)),
+    )
+    dy, dx = ys[box[0]] - cy, xs[:, box[1]] - cx
+    u = dx * math.cos(theta) + dy * math.sin(theta)
+    v = dy * math.cos(theta) - dx * math.sin(theta)
+    return box, _shape_mask(name, u, v, s, rng), dy, dx
+
+
 def render_shapes(
     rng: np.random.Generator,
     height: int,
@@ -124,30 +178,44 @@ def render_shapes(
     min_objects: int = 1,
     max_objects: int = 4,
     scale_range: tuple[float, float] = (0.05, 0.5),
+    classes: Sequence[str] = SHAPES_CLASSES[1:],
+    textured: float = 0.75,
+    clutter: int = 5,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Render one sample as numpy arrays: uint8 image (H, W, 3) and uint8 mask (H, W)."""
-    image = _background(rng, height, width)
+    """Render one sample as numpy arrays: uint8 image (H, W, 3) and uint8 mask (H, W), where label ``k`` is
+    ``classes[k - 1]`` and 0 is background."""
+    image = _background(rng, height, width, clutter)
     mask = np.zeros((height, width), dtype=np.uint8)
+    owner = np.zeros((height, width), dtype=np.int64)  # which object (1, 2, ...) each pixel shows
     ys, xs = np.arange(height, dtype=np.float64)[:, None], np.arange(width, dtype=np.float64)[None, :]
     log_lo, log_hi = math.log(scale_range[0]), math.log(scale_range[1])
-    for _ in range(rng.integers(min_objects, max_objects + 1)):
-        cls = int(rng.integers(1, len(SHAPES_CLASSES)))
-        s = math.exp(rng.uniform(log_lo, log_hi)) * min(height, width)
-        # Centres keep the object's body in frame: a shape cut to a sliver by the border has no class left.
-        my, mx = min(s, height / 2), min(s, width / 2)
-        cy, cx, theta = rng.uniform(my, height - my), rng.uniform(mx, width - mx), rng.uniform(0, 2 * math.pi)
-        # Every shape fits in a circle of radius s * sqrt(2), so only that box is evaluated.
-        r = s * 1.5 + 1
-        y0, y1 = max(0, int(cy - r)), min(height, int(cy + r) + 1)
-        x0, x1 = max(0, int(cx - r)), min(width, int(cx + r) + 1)
-        dy, dx = ys[y0:y1] - cy, xs[:, x0:x1] - cx
-        u = dx * math.cos(theta) + dy * math.sin(theta)
-        v = dy * math.cos(theta) - dx * math.sin(theta)
-        inside = _shape_mask(SHAPES_CLASSES[cls], u, v, s, rng)
-        # Painting image and mask with the same boolean region keeps them pixel-exact; later
-        # objects overwrite both, so the top-most object owns occluded pixels.
-        image[y0:y1, x0:x1][inside] = _texture(rng, dy, dx)[inside]
-        mask[y0:y1, x0:x1][inside] = cls
+    count = int(rng.integers(min_objects, max_objects + 1))
+    # Painted largest first, and each placed where it leaves every earlier object most of its area (the best of
+    # PLACEMENT_TRIES draws): small objects may hide parts of large ones, but no outline disappears.
+    sizes = np.sort(np.exp(rng.uniform(log_lo, log_hi, size=count)))[::-1] * min(height, width)
+    areas = np.zeros(1)  # painted pixels per object, index 0 unused
+    for s in map(float, sizes):
+        k = len(areas)  # this object's id
+        cls = int(rng.integers(len(classes)))
+        best, best_kept = None, -1.0
+        for _ in range(PLACEMENT_TRIES):
+            box, inside, dy, dx = _place(rng, classes[cls], s, ys, xs)
+            shown = np.bincount(owner.ravel(), minlength=k)[1:] - np.bincount(owner[box][inside], minlength=k)[1:]
+            kept = float((shown / areas[1:]).min()) if k > 1 else 1.0
+            if kept > best_kept:
+                best, best_kept = (box, inside, dy, dx), kept
+            if kept >= MIN_SHOWN:
+                break
+        box, inside, dy, dx = best
+        if not inside.any():
+            continue
+        region = image[box]
+        # Painting image and mask with the same boolean region keeps them pixel-exact; later objects overwrite
+        # both, so the top-most object owns occluded pixels.
+        region[inside] = _texture(rng, dy, dx, region[inside].mean(axis=0), textured)[inside]
+        mask[box][inside] = cls + 1
+        owner[box][inside] = k
+        areas = np.append(areas, float(inside.sum()))
     image += rng.normal(0.0, 4.0, size=image.shape)
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
@@ -158,9 +226,10 @@ class ShapesDataset(Dataset):
     Classes (``SHAPES_CLASSES``): background, circle, rectangle (rotated, aspect 0.4-1), triangle
     (equilateral), star (5 thin spikes), cross (thin arms) and ring (thin annulus). Each image has a
     smooth random-colour background with thin clutter lines and ``min_objects``-``max_objects``
-    objects painted in order (later ones occlude earlier ones). An object's size (radius or
-    half-size) is ``min(H, W)`` times a log-uniform draw from ``scale_range``; its centre, rotation
-    and colour/texture (solid, stripes, gradient or speckle of two random colours) are uniform and
+    objects, each whole inside the frame, painted largest first (small ones occlude large ones). An
+    object's size (radius or half-size) is ``min(H, W)`` times a log-uniform draw from
+    ``scale_range``; its centre, rotation and colour/texture (solid, stripes, gradient or speckle of
+    two random colours, both at least ``MIN_CONTRAST`` from what the object covers) are uniform and
     class-independent, so only shape identifies the class. Sample ``i`` depends only on
     ``(seed, i)``; use distinct seeds for train, validation and held-out prediction images.
 
@@ -172,11 +241,12 @@ class ShapesDataset(Dataset):
         max_objects: Maximum number of objects per image.
         scale_range: ``(lo, hi)`` object size as a fraction of the shorter side, ``0 < lo < hi <= 1``.
         ignore_band: If > 0, pixels within this many pixels (Chebyshev) of a label boundary get 255.
+        shapes: The object classes, a subset of ``SHAPES_CLASSES[1:]`` in label order (default: all six).
+        textured: Probability that an object is striped, graded or speckled rather than solid.
+        clutter: Maximum number of thin clutter lines across the background.
         cache: Keep generated samples in memory (per process, so per DataLoader worker).
     """
 
-    classes: tuple[str, ...] = SHAPES_CLASSES
-    num_classes: int = len(SHAPES_CLASSES)
     ignore_index: int = IGNORE_INDEX
 
     def __init__(
@@ -188,6 +258,9 @@ class ShapesDataset(Dataset):
         max_objects: int = 4,
         scale_range: tuple[float, float] = (0.05, 0.5),
         ignore_band: int = 0,
+        shapes: Sequence[str] | None = None,
+        textured: float = 0.75,
+        clutter: int = 5,
         cache: bool = False,
     ) -> None:
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -204,6 +277,14 @@ class ShapesDataset(Dataset):
             raise ValueError(f"scale_range must satisfy 0 < lo < hi <= 1, got {scale_range!r}")
         if ignore_band < 0:
             raise ValueError(f"ignore_band must be >= 0, got {ignore_band!r}")
+        self.shapes = check_shapes(shapes)
+        if not 0 <= textured <= 1:
+            raise ValueError(f"textured must be a probability in [0, 1], got {textured!r}")
+        if clutter < 0:
+            raise ValueError(f"clutter must be >= 0, got {clutter!r}")
+        self.classes = ("background", *self.shapes)
+        self.num_classes = len(self.classes)
+        self.textured, self.clutter = float(textured), int(clutter)
         self.num_samples = num_samples
         self.height, self.width = int(size[0]), int(size[1])
         self.seed = seed
@@ -217,7 +298,17 @@ class ShapesDataset(Dataset):
 
     def _generate(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, index])
-        image, mask = render_shapes(rng, self.height, self.width, self.min_objects, self.max_objects, self.scale_range)
+        image, mask = render_shapes(
+            rng,
+            self.height,
+            self.width,
+            self.min_objects,
+            self.max_objects,
+            self.scale_range,
+            self.shapes,
+            self.textured,
+            self.clutter,
+        )
         if self.ignore_band:
             mask = _ignore_band(mask, self.ignore_band)
         return image, mask
@@ -238,15 +329,14 @@ class ShapesDataset(Dataset):
         return tv_tensors.Image(image_t), tv_tensors.Mask(mask_t)
 
 
-def write_shapes_images(
-    folder: str | Path, num_images: int, image_size: int | tuple[int, int] = 128, seed: int = 1_000_000
-) -> list[Path]:
+def write_shapes_images(folder: str | Path, num_images: int, seed: int = 1_000_000, **generator: Any) -> list[Path]:
     """Write Shapes images as ``shapes_00000.png``, ... into ``folder`` (created if missing).
 
     Pass a seed not used for training (the default is far from the usual small training seeds) so
-    the images are held out. Returns the written paths in index order.
+    the images are held out; ``generator`` takes ``ShapesDataset``'s arguments (image size, shapes, ...).
+    Returns the written paths in index order.
     """
-    dataset = ShapesDataset(num_samples=num_images, image_size=image_size, seed=seed)
+    dataset = ShapesDataset(num_samples=num_images, seed=seed, **generator)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
