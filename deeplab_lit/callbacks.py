@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
@@ -34,6 +34,28 @@ def run_dir(trainer: L.Trainer) -> Path:
 def class_names(trainer: L.Trainer, num_classes: int) -> list[str]:
     names = getattr(trainer.datamodule, "class_names", None)
     return list(names) if names else [str(i) for i in range(num_classes)]
+
+
+class Checkpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` follows every epoch (or every validation, when validation decides).
+
+    Lightning 2.6 refreshes ``last.ckpt`` only in a step that also saved a top-k checkpoint: with ``monitor`` set,
+    ``last.ckpt`` stays at the best epoch, and a run resumed from it would silently repeat every epoch since.
+    """
+
+    def _refresh_last(self, trainer: L.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # skips a step already saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
 
 
 class MetricsWriter(Callback):

@@ -12,11 +12,10 @@ import sys
 
 import yaml
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from . import data, systems  # noqa: F401  (registers the classes for --model NAME / --data NAME)
-from .callbacks import MetricsWriter, PredictionWriter, WandbMedia
+from .callbacks import Checkpoint, MetricsWriter, PredictionWriter, WandbMedia
 from .data.datamodule import SegmentationDataModule
 from .systems import SegmentationModule
 
@@ -45,7 +44,7 @@ class DeepLabCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.ignore_index", "model.init_args.ignore_index", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/mIoU",
