@@ -51,3 +51,26 @@ def test_notebook_runs_in_smoke_mode(path: Path, monkeypatch: pytest.MonkeyPatch
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     )
     client.execute()  # raises CellExecutionError on the first failing cell
+
+
+def test_render_figures_saves_each_figure_with_parameters_set(tmp_path: Path) -> None:
+    """``notebooks/render_figures.py`` (how docs/figures are made) applies ``--set`` and writes one PNG per figure."""
+    import importlib.util
+
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbclient")
+    spec = importlib.util.spec_from_file_location("render_figures", NOTEBOOK_DIR / "render_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("SMOKE = False\nBARS = 1")
+    params.metadata["tags"] = ["parameters"]
+    plot = "import matplotlib.pyplot as plt\nfor n in range(BARS):\n    plt.bar([0], [n + 1])\n    plt.show()"
+    nb.cells = [params, nbformat.v4.new_code_cell(plot)]
+    path = tmp_path / "demo.ipynb"
+    nbformat.write(nb, path)
+    written = module.render(path, tmp_path / "figures", ["BARS=3"])
+    assert [p.name for p in written] == ["demo_1.png", "demo_2.png", "demo_3.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        module.render(path, tmp_path / "figures", ["3"])
