@@ -198,9 +198,10 @@ def render_shapes(
         k = len(areas)  # this object's id
         cls = int(rng.integers(len(classes)))
         best, best_kept = None, -1.0
+        visible = np.bincount(owner.ravel(), minlength=k)[1:]  # pixels each earlier object shows now
         for _ in range(PLACEMENT_TRIES):
             box, inside, dy, dx = _place(rng, classes[cls], s, ys, xs)
-            shown = np.bincount(owner.ravel(), minlength=k)[1:] - np.bincount(owner[box][inside], minlength=k)[1:]
+            shown = visible - np.bincount(owner[box][inside], minlength=k)[1:]
             kept = float((shown / areas[1:]).min()) if k > 1 else 1.0
             if kept > best_kept:
                 best, best_kept = (box, inside, dy, dx), kept
