@@ -83,11 +83,11 @@ def _shape_mask(name: str, u: np.ndarray, v: np.ndarray, s: float, rng: np.rando
     raise ValueError(f"unknown shape {name!r}")
 
 
-def _colour(rng: np.random.Generator, beneath: np.ndarray, min_contrast: float) -> np.ndarray:
-    """A random RGB colour at least ``min_contrast`` (Euclidean) from ``beneath``; best of 16 draws otherwise."""
+def _colour(rng: np.random.Generator, beneath: np.ndarray) -> np.ndarray:
+    """A random RGB colour at least ``MIN_CONTRAST`` (Euclidean) from ``beneath``; best of 16 draws otherwise."""
     draws = rng.uniform(0, 255, size=(16, 3))
     distance = np.linalg.norm(draws - beneath, axis=1)
-    ok = np.flatnonzero(distance >= min_contrast)
+    ok = np.flatnonzero(distance >= MIN_CONTRAST)
     return draws[ok[0] if ok.size else distance.argmax()]
 
 
@@ -96,7 +96,7 @@ def _texture(
 ) -> np.ndarray:
     """Random fill of two colours that both stand out from ``beneath`` (the mean colour the object covers):
     solid, or with probability ``textured`` stripes, a gradient or speckle."""
-    a, b = _colour(rng, beneath, MIN_CONTRAST), _colour(rng, beneath, MIN_CONTRAST)
+    a, b = _colour(rng, beneath), _colour(rng, beneath)
     shape = np.broadcast_shapes(dy.shape, dx.shape)
     if rng.random() >= textured:
         return np.broadcast_to(a, (*shape, 3))
