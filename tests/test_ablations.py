@@ -87,11 +87,27 @@ def test_the_cli_accepts_the_overrides_and_evaluation_knobs_win(capsys) -> None:
     assert config["trainer"]["logger"]["init_args"]["tags"] == ["crf", "on"]
     eval16 = next(a for a in dry_run("output_stride", capsys, "--seeds", "1") if "train8-eval16-s0-test" in a)
     model = parsed(eval16, capsys)["model"]["init_args"]
-    assert (model["output_stride"], model["eval_output_stride"], model["init_from"]) == (
-        8,
-        16,
-        "runs/ablations/output_stride/train8-s0/ckpt/best.ckpt",
+    fit8 = next(a for a in dry_run("output_stride", capsys, "--seeds", "1") if a[0] == "fit")
+    assert (model["output_stride"], model["eval_output_stride"]) == (8, 16)
+    assert model["init_from"] == option(fit8, "--checkpoint.dirpath") + "/best.ckpt"
+    assert (
+        model["init_from"].startswith("runs/ablations/fits/deeplabv3_") and "+output_stride=8-s0-" in model["init_from"]
     )
+
+
+def test_a_training_run_is_shared_by_every_ablation_that_needs_it(capsys) -> None:
+    def trained(name: str, *args: str) -> dict[str, str]:  # variant -> the checkpoint its test loads
+        tests = [a for a in dry_run(name, capsys, "--seeds", "1", *args) if a[0] == "test"]
+        names = [option(a, "--trainer.logger.init_args.name").removesuffix("-s0-test") for a in tests]
+        return dict(zip(names, [option(a, "--model.init_args.init_from") for a in tests], strict=True))
+
+    base_v3 = {trained("image_pooling")["v3-pool"], trained("atrous_rates")["v3-6-12-18"]}
+    base_v3 |= {trained("output_stride")["train16-eval8"], trained("output_stride")["train16-eval16"]}
+    assert len(base_v3) == 1  # overrides equal to the base config's own values do not make another run
+    assert trained("image_pooling")["v3-nopool"] not in base_v3
+    assert trained("crf")["v2-crf-off"] == trained("atrous_rates")["v2-aspp-l"] == trained("crf")["v2-crf-on"]
+    assert trained("decoder")["v3plus-decoder"] == trained("image_pooling")["v3plus-pool"]
+    assert trained("decoder", "--max-epochs", "2")["v3plus-decoder"] != trained("decoder")["v3plus-decoder"]
 
 
 def test_slurm_array_has_one_task_per_training_run(capsys) -> None:
@@ -127,7 +143,7 @@ def test_valid_atrous_taps_match_the_computed_table_of_papers_3j() -> None:
     assert atrous.tap_shares(33, 24)[1] == 0.0  # rate 24 at OS 16: never all 9 taps
     assert atrous.tap_shares(3, 1)[0] == pytest.approx((7 / 9) ** 2)  # per axis 2, 3, 2 of 3 taps inside
     cli = SimpleNamespace(
-        model=SimpleNamespace(net=SimpleNamespace(output_stride=16, aspp=SimpleNamespace(rates=(6, 12, 18)))),
+        model=SimpleNamespace(train_output_stride=16, net=SimpleNamespace(aspp=SimpleNamespace(rates=(6, 12, 18)))),
         datamodule=SimpleNamespace(crop_size=513),
     )
     info = atrous.rate_info(cli)

@@ -26,11 +26,11 @@ def tap_shares(size: int, rate: int, kernel: int = 3) -> tuple[float, float]:
 
 
 def rate_info(cli: Any) -> dict[str, float]:
-    """Valid-tap shares of the trained model's atrous branches at its training crop and output stride."""
-    net, crop = cli.model.net, cli.datamodule.crop_size
+    """Valid-tap shares of the tested model's atrous branches at its training crop and output stride."""
+    crop = cli.datamodule.crop_size
     crop = crop if isinstance(crop, int) else min(crop)
-    size = math.ceil(crop / net.output_stride)
-    shares = [tap_shares(size, r) for r in net.aspp.rates]
+    size = math.ceil(crop / cli.model.train_output_stride)
+    shares = [tap_shares(size, r) for r in cli.model.net.aspp.rates]
     return {
         "feature map (px)": float(size),
         "valid taps": sum(s[0] for s in shares) / len(shares),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import fnmatch
+import hashlib
 import json
 import math
 import re
@@ -33,6 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "experiments" / "configs"
 WANDB_CONFIG = CONFIGS / "_base" / "logger_wandb.yaml"
 GENERATIONS = ("v1", "v2", "v3", "v3plus")
+MISSING = object()
+SLUG = re.compile(r"[^\w.,-]")  # what a value keeps in a run folder's name: "[6, 12, 18]" -> "6,12,18"
 QUICK = {  # Shapes only: seconds per run on a CPU, for tests and smoke runs
     "data.init_args.num_train": "8",
     "data.init_args.num_val": "4",
@@ -70,8 +73,8 @@ class Variant:
 
 @dataclass
 class Ablation:
-    """The variants of one question; ``name`` is the script's file name. ``info(fit_cli)`` adds numbers known
-    after building the trained model (e.g. valid atrous taps) to each record of its tests."""
+    """The variants of one question; ``name`` is the script's file name. ``info(test_cli)`` adds numbers known
+    from the tested model (e.g. valid atrous taps) to each record of its tests."""
 
     name: str
     title: str
@@ -167,22 +170,42 @@ def build_runs(ablation: Ablation, opts: argparse.Namespace) -> list[Run]:
     for seed in range(opts.seeds):
         for gen, fit_name in dict.fromkeys((v.generation, v.fit_name or v.name) for v in variants):
             config = shown(base_config(opts.dataset, gen))
-            run_dir = shown(out / f"{fit_name}-s{seed}")
-            ckpt = Path(run_dir) / "ckpt" / "best.ckpt"
             members = [v for v in variants if (v.generation, v.fit_name or v.name) == (gen, fit_name)]
+            fit_key = fit_label(config, seed, members[0].fit, common)
+            run_dir = shown(Path(opts.out) / "fits" / fit_key)
+            ckpt = Path(run_dir) / "ckpt" / "best.ckpt"
             shared = len(members) > 1
             fit_tags = [members[0].knob, fit_name if shared else members[0].value]
             group = f"{ablation.name}-{opts.dataset}"
-            fit_args = logged("fit", config, seed, run_dir, f"{fit_name}-s{seed}", group, fit_tags, "train", opts)
+            fit_args = logged("fit", config, seed, run_dir, fit_key, group, fit_tags, "train", opts)
             fit_args += ["--checkpoint.dirpath", str(ckpt.parent), "--checkpoint.filename", "best"]
             fit_args += ["--checkpoint.enable_version_counter", "false", *common, *flat(members[0].fit)]
             for v in members:
-                label, tags, test_dir = f"{v.name}-s{seed}-test", [v.knob, v.value], f"{run_dir}/test-{v.name}"
+                label, tags, test_dir = f"{v.name}-s{seed}-test", [v.knob, v.value], shown(out / f"{v.name}-s{seed}")
                 test_args = logged("test", config, seed, test_dir, label, group, tags, "eval", opts)
                 test_args += [*common, *flat(v.fit), *flat(v.test), "--model.init_args.backbone_weights", "null"]
                 test_args += ["--model.init_args.init_from", str(ckpt)]
-                runs.append(Run(v, seed, config, f"{gen}/{fit_name}/{seed}", fit_args, test_args, ckpt))
+                runs.append(Run(v, seed, config, fit_key, fit_args, test_args, ckpt))
     return runs
+
+
+def lookup(config: dict[str, Any], key: str) -> Any:
+    """The value at a dotted LightningCLI key of a parsed YAML config; ``MISSING`` where it does not set it."""
+    node: Any = config
+    for part in key.split("."):
+        node = node.get(part, MISSING) if isinstance(node, dict) else MISSING
+    return node
+
+
+def fit_label(config: str, seed: int, fit: dict[str, str], common: list[str]) -> str:
+    """The name of a training run, the same in every ablation that trains it: the base config, the overrides that
+    change it (an override equal to the config's own value is left out), the seed and a digest of all of these
+    and the shared arguments, e.g. ``deeplabv3_resnet18-os16_b16-4e_64+image_pooling=false-s0-3f2a9c``."""
+    base = yaml.safe_load(Path(config).read_text())
+    changed = {key: value for key, value in sorted(fit.items()) if lookup(base, key) != yaml.safe_load(value)}
+    digest = hashlib.sha1(json.dumps([config, seed, changed, common]).encode()).hexdigest()[:6]
+    knobs = "".join(f"+{key.rsplit('.', 1)[-1]}={SLUG.sub('', value)}" for key, value in changed.items())
+    return f"{Path(config).stem}{knobs}-s{seed}-{digest}"
 
 
 def commands(runs: Sequence[Run]) -> list[list[str]]:
@@ -321,6 +344,28 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
+def fit_once(run: Run, main: Callable[[list[str]], Any]) -> float:
+    """Train ``run``'s model unless its run folder holds a finished training run (trained by another ablation, or
+    by an earlier, interrupted call of this one); the seconds it took. A lock keeps SLURM tasks from training the
+    same run twice at once."""
+    folder = run.ckpt.parent.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    finished = folder / "fit.json"
+    with (folder / "fit.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if finished.is_file() and run.ckpt.is_file():
+            return json.loads(finished.read_text())["fit_seconds"]
+        start = time.perf_counter()
+        main(run.fit_args)
+        seconds = time.perf_counter() - start
+        finish_wandb()
+        if not run.ckpt.is_file():
+            raise RuntimeError(f"{run.ckpt} was not written: no validation ran (see --trainer.val_check_interval)")
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        finished.write_text(json.dumps({"fit_args": run.fit_args, "fit_seconds": seconds, "finished": stamp}) + "\n")
+        return seconds
+
+
 def execute(ablation: Ablation, runs: Sequence[Run], opts: argparse.Namespace) -> list[dict[str, Any]]:
     """Train and test each run in this process; runs recorded with the same test arguments are skipped."""
     from deeplab_lit.cli import main
@@ -333,13 +378,7 @@ def execute(ablation: Ablation, runs: Sequence[Run], opts: argparse.Namespace) -
         if (run.variant.name, run.seed, tuple(run.test_args)) in done:
             continue
         if run.fit_key not in fitted:
-            start = time.perf_counter()
-            cli = main(run.fit_args)
-            info = ablation.info(cli) if ablation.info else {}
-            fitted[run.fit_key] = (time.perf_counter() - start, info)
-            finish_wandb()
-            if not run.ckpt.is_file():
-                raise RuntimeError(f"{run.ckpt} was not written: no validation ran (see --trainer.val_check_interval)")
+            fitted[run.fit_key] = fit_once(run, main)
         start = time.perf_counter()
         cli = main(run.test_args)
         test_seconds = time.perf_counter() - start
@@ -354,10 +393,10 @@ def execute(ablation: Ablation, runs: Sequence[Run], opts: argparse.Namespace) -
             "seed": run.seed,
             "config": run.config,
             **metrics_record(results["test"], names),
-            "fit_seconds": fitted[run.fit_key][0],
+            "fit_seconds": fitted[run.fit_key],
             "test_seconds": test_seconds,
             **measure(cli.model, cli.datamodule, cli.trainer, widths),
-            "info": fitted[run.fit_key][1],
+            "info": ablation.info(cli) if ablation.info else {},
             "ckpt": str(run.ckpt),
             "test_args": run.test_args,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
