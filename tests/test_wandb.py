@@ -35,7 +35,7 @@ def test_offline_run_holds_metrics_and_config(no_account, tmp_path) -> None:
         [
             "fit",
             "--config",
-            "experiments/configs/shapes/deeplabv3_resnet18-os16_b16-12e_128.yaml",
+            "experiments/configs/shapes/deeplabv3_resnet18-os16_b16-4e_64.yaml",
             "--config",
             "experiments/configs/_base/logger_wandb.yaml",
             "--trainer.logger.init_args.save_dir",
@@ -67,7 +67,9 @@ def test_offline_run_holds_metrics_and_config(no_account, tmp_path) -> None:
     records = read_run(run_file)
     history = {key(i): json.loads(i.value_json) for r in records["history"] for i in r.history.item}
     assert 0.0 <= history["val/mIoU"] <= 1.0 and "val/IoU/circle" in history and "train/loss_epoch" in history
-    assert history["val/IoU_per_class/_type"] == "table-file" and history["val/IoU_per_class/nrows"] == 7
+    assert (
+        history["val/IoU_per_class/_type"] == "table-file" and history["val/IoU_per_class/nrows"] == 4
+    )  # background + the three shapes
     assert history["val/confusion_matrix/_type"] == "images/separated" and history["val/confusion_matrix/count"] == 1
     assert history["val/predictions/count"] == 4
     assert set(history["val/predictions/all_masks"][0]) == {"predictions", "ground_truth"}
