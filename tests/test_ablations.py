@@ -176,3 +176,10 @@ def test_one_tiny_ablation_end_to_end_then_summary(tmp_path, capsys) -> None:
     assert math.isclose(mean, round(records[0]["mIoU"] * 100, 2))
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sys.modules["common"].summarize(tmp_path / "image_pooling", wandb=True)  # WANDB_MODE=disabled in tests
+
+    # the decoder ablation's "decoder on" run is image pooling's "on" run: tested, not trained again
+    ckpt = Path(records[0]["ckpt"])
+    written = ckpt.stat().st_mtime_ns
+    (decoder,) = load("decoder").main(["--quick", "--seeds", "1", "--only", "v3plus-decoder", "--out", str(tmp_path)])
+    assert decoder["ckpt"] == records[0]["ckpt"] and decoder["fit_seconds"] == records[0]["fit_seconds"]
+    assert ckpt.stat().st_mtime_ns == written

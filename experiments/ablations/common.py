@@ -473,18 +473,22 @@ def summarize(ablation_dir: str | Path, wandb: bool = False) -> tuple[Path, Path
 
 
 def draw(groups: dict[str, list[dict]], path: Path, title: str) -> None:
-    """Bar chart of test mIoU (and mIoU before the CRF) per variant with std error bars; trimap curves beside."""
+    """Bar chart of test mIoU (and mIoU before the CRF) per variant with std error bars and a dot per seed; trimap
+    curves beside."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    def values(rs: list[dict], get: Callable[[dict], float | None]) -> np.ndarray:
+        return np.array([v for v in map(get, rs) if v is not None], dtype=float) * 100
+
     def mean_std(rs: list[dict], get: Callable[[dict], float | None]) -> tuple[float, float]:
-        values = np.array([v for v in map(get, rs) if v is not None], dtype=float) * 100
-        if values.size == 0:
+        v = values(rs, get)
+        if v.size == 0:
             return float("nan"), 0.0
-        return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+        return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
     series = [("test mIoU", lambda r: r["mIoU"])]
     if any("before_crf" in r for rs in groups.values() for r in rs):
@@ -497,6 +501,9 @@ def draw(groups: dict[str, list[dict]], path: Path, title: str) -> None:
         stats = [mean_std(groups[n], get) for n in names]
         x = np.arange(len(names)) + (i - (len(series) - 1) / 2) * step
         ax.bar(x, [s[0] for s in stats], step, yerr=[s[1] for s in stats], capsize=3, label=label)
+        for xi, n in zip(x, names, strict=True):
+            seeds = values(groups[n], get)
+            ax.scatter(np.full(seeds.size, xi), seeds, s=10, color="black", zorder=3)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_ylabel("mIoU (%)")
     ax.set_title(title)
