@@ -183,3 +183,9 @@ def test_one_tiny_ablation_end_to_end_then_summary(tmp_path, capsys) -> None:
     (decoder,) = load("decoder").main(["--quick", "--seeds", "1", "--only", "v3plus-decoder", "--out", str(tmp_path)])
     assert decoder["ckpt"] == records[0]["ckpt"] and decoder["fit_seconds"] == records[0]["fit_seconds"]
     assert ckpt.stat().st_mtime_ns == written
+
+    # a run trained from another version of its config is not reused silently
+    fit_json = ckpt.parent.parent / "fit.json"
+    fit_json.write_text(json.dumps({**json.loads(fit_json.read_text()), "config_sha1": "0" * 12}))
+    with pytest.raises(RuntimeError, match=f"{ckpt.parent.parent.name} was trained from another version"):
+        load("image_pooling").main(argv)

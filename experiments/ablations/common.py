@@ -344,17 +344,28 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
-def fit_once(run: Run, main: Callable[[list[str]], Any]) -> float:
+def config_digest(config: str) -> str:
+    """A digest of the config file's text: a training run is reused only while its config is unchanged."""
+    return hashlib.sha1(Path(config).read_bytes()).hexdigest()[:12]
+
+
+def fit_once(run: Run, main: Callable[[list[str]], Any]) -> dict[str, Any]:
     """Train ``run``'s model unless its run folder holds a finished training run (trained by another ablation, or
-    by an earlier, interrupted call of this one); the seconds it took. A lock keeps SLURM tasks from training the
-    same run twice at once."""
+    by an earlier, interrupted call of this one); the run's ``fit.json``. A lock keeps SLURM tasks from training
+    the same run twice at once."""
     folder = run.ckpt.parent.parent
     folder.mkdir(parents=True, exist_ok=True)
     finished = folder / "fit.json"
+    digest = config_digest(run.config)
     with (folder / "fit.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if finished.is_file() and run.ckpt.is_file():
-            return json.loads(finished.read_text())["fit_seconds"]
+            fit = json.loads(finished.read_text())
+            if fit["config_sha1"] != digest:
+                raise RuntimeError(
+                    f"{folder} was trained from another version of {run.config}; delete the folder to train it again"
+                )
+            return fit
         start = time.perf_counter()
         main(run.fit_args)
         seconds = time.perf_counter() - start
@@ -362,23 +373,25 @@ def fit_once(run: Run, main: Callable[[list[str]], Any]) -> float:
         if not run.ckpt.is_file():
             raise RuntimeError(f"{run.ckpt} was not written: no validation ran (see --trainer.val_check_interval)")
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        finished.write_text(json.dumps({"fit_args": run.fit_args, "fit_seconds": seconds, "finished": stamp}) + "\n")
-        return seconds
+        fit = {"fit_args": run.fit_args, "config_sha1": digest, "fit_seconds": seconds, "finished": stamp}
+        finished.write_text(json.dumps(fit) + "\n")
+        return fit
 
 
 def execute(ablation: Ablation, runs: Sequence[Run], opts: argparse.Namespace) -> list[dict[str, Any]]:
-    """Train and test each run in this process; runs recorded with the same test arguments are skipped."""
+    """Train and test each run in this process; runs recorded with the same test arguments against the same
+    finished training run are skipped."""
     from deeplab_lit.cli import main
 
     path = Path(opts.out) / ablation.name / "runs.jsonl"
-    done = {(r["variant"], r["seed"], tuple(r["test_args"])) for r in load_records(path)}
+    done = {(r["variant"], r["seed"], tuple(r["test_args"]), r.get("fit_finished")) for r in load_records(path)}
     records, fitted = [], {}
     widths = tuple(opts.trimap_widths or ())
     for run in runs:
-        if (run.variant.name, run.seed, tuple(run.test_args)) in done:
-            continue
         if run.fit_key not in fitted:
             fitted[run.fit_key] = fit_once(run, main)
+        if (run.variant.name, run.seed, tuple(run.test_args), fitted[run.fit_key]["finished"]) in done:
+            continue
         start = time.perf_counter()
         cli = main(run.test_args)
         test_seconds = time.perf_counter() - start
@@ -393,7 +406,8 @@ def execute(ablation: Ablation, runs: Sequence[Run], opts: argparse.Namespace) -
             "seed": run.seed,
             "config": run.config,
             **metrics_record(results["test"], names),
-            "fit_seconds": fitted[run.fit_key],
+            "fit_seconds": fitted[run.fit_key]["fit_seconds"],
+            "fit_finished": fitted[run.fit_key]["finished"],
             "test_seconds": test_seconds,
             **measure(cli.model, cli.datamodule, cli.trainer, widths),
             "info": ablation.info(cli) if ablation.info else {},
