@@ -1,41 +1,61 @@
 """Checkpoints survive an interrupted save: ``last.ckpt`` is replaced atomically, never left half-written."""
 
-import fsspec.implementations.local as local_fs
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import lightning as L
-import pytest
 import torch
 
 from deeplab_lit.callbacks import Checkpoint
 from deeplab_lit.data import ShapesDataModule
 from deeplab_lit.systems import DeepLabV3
 
+TESTS = Path(__file__).resolve().parent
+CONFIG = "experiments/configs/shapes/deeplabv3plus_mobilenetv2-os16_b16-9e_64.yaml"
+TINY = [
+    *("--data.init_args.num_train", "16", "--data.init_args.num_val", "4", "--data.init_args.image_size", "32"),
+    *("--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0", "--trainer.max_epochs", "3"),
+    *("--trainer.precision", "32-true", "--trainer.num_sanity_val_steps", "0"),
+    *("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"),
+]
 
-def test_an_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch) -> None:
-    model = DeepLabV3(num_classes=7, backbone="resnet18", multi_grid=(1, 2), aspp_channels=16)
-    data = ShapesDataModule(num_train=4, num_val=2, image_size=32, batch_size=2, num_workers=0)
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, default_root_dir=tmp_path)  # fmt: skip
-    trainer.fit(model, data)
-    path = tmp_path / "last.ckpt"
-    trainer.save_checkpoint(path)
-    before = path.read_bytes()
 
-    real_write = local_fs.LocalFileOpener.write
+class FileSizeLimit(L.Callback):
+    """From epoch ``epoch`` on, writing a file past ``size`` bytes kills the process (SIGXFSZ): a save cut short."""
 
-    def dies_half_way(self, data):  # the process is killed after writing half the bytes
-        real_write(self, data[: len(data) // 2])
-        raise KeyboardInterrupt
+    def __init__(self, epoch: int, size: int) -> None:
+        self.epoch, self.size = epoch, size
 
-    monkeypatch.setattr(local_fs.LocalFileOpener, "write", dies_half_way)
-    with torch.no_grad():
-        next(model.parameters()).add_(1.0)  # the next save would hold different weights
-    with pytest.raises(KeyboardInterrupt):
-        trainer.save_checkpoint(path)
-    monkeypatch.undo()
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.current_epoch == self.epoch:
+            signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it by default (writes raise EFBIG)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.size, resource.RLIM_INFINITY))
 
-    assert path.read_bytes() == before  # the old file is untouched, no partial file in its place
-    restored = DeepLabV3.load_from_checkpoint(path)
-    assert restored.hparams.num_classes == 7
+
+def fit(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """A real ``python -m deeplab_lit fit`` of the main job's network on 16 tiny images, 4 steps per epoch."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "deeplab_lit", "fit", "--config", CONFIG, "--trainer.default_root_dir", str(out)]
+    command += [*TINY, "--trainer.logger.init_args.save_dir", str(out), "--checkpoint.dirpath", str(out / "ckpt")]
+    return subprocess.run([*command, *extra], cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_a_save_killed_half_way_leaves_the_previous_last_checkpoint_whole(tmp_path) -> None:
+    limit = '{"class_path": "test_checkpoints.FileSizeLimit", "init_args": {"epoch": 1, "size": 1000000}}'
+    killed = fit(tmp_path, "--checkpoint.save_top_k", "0", "--trainer.callbacks+=" + limit)
+    assert killed.returncode == -signal.SIGXFSZ, killed.stderr[-3000:]  # killed while writing last.ckpt
+    last = tmp_path / "ckpt" / "last.ckpt"
+    # the half-written file is the temporary one beside last.ckpt (a rename away, on the same filesystem)
+    assert (tmp_path / "ckpt" / "last.ckpt.part").stat().st_size == 1000000
+    assert last.stat().st_size > 1000000  # written in full at epoch 0's end, before the limit
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 4
+    resumed = fit(tmp_path, "--checkpoint.save_top_k", "0", "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 12
 
 
 def test_last_checkpoint_follows_every_epoch_when_the_monitored_metric_stops_improving(tmp_path) -> None:
