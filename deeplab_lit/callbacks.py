@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from PIL import Image
 
 from .data.transforms import EvalPreset
@@ -36,12 +38,37 @@ def class_names(trainer: L.Trainer, num_classes: int) -> list[str]:
     return list(names) if names else [str(i) for i in range(num_classes)]
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Saves into ``<name>.part`` beside the checkpoint, syncs it to disk and renames it over the checkpoint, so a
+    save cut short (a killed job, a full disk) leaves the previous file whole. Lightning's own save writes its
+    temporary file in the system's temp folder and moves it: a copy into place, not a rename, when that folder is
+    on another filesystem than the checkpoints (a node's local /tmp and a cluster's shared disk)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: Lightning's own handling
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(path.name + ".part")
+        with part.open("wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(part, path)
+
+
 class Checkpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``last.ckpt`` follows every epoch (or every validation, when validation decides).
+    """``ModelCheckpoint`` whose ``last.ckpt`` follows every epoch (or every validation, when validation decides),
+    written atomically (:class:`AtomicCheckpointIO`, unless the strategy has a checkpoint IO of its own).
 
     Lightning 2.6 refreshes ``last.ckpt`` only in a step that also saved a top-k checkpoint: with ``monitor`` set,
     ``last.ckpt`` stays at the best epoch, and a run resumed from it would silently repeat every epoch since.
     """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
     def _refresh_last(self, trainer: L.Trainer) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # skips a step already saved
