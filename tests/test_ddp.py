@@ -137,10 +137,10 @@ def test_ddp_evaluation_counts_every_image_exactly_once(tmp_path) -> None:
     labelled = [int((mask != 255).sum()) for _, mask in data().dataset("val")]
     assert sum(labelled) < len(labelled) * 48 * 48  # the ignore band is there to be left out
 
-    # training: our shuffled DistributedSampler, re-seeded by Lightning every epoch; validation inside fit
-    # (DDP-wrapped forward, 2 + 1 batches) counts every labelled pixel once
+    # training: our SeededSampler (a shuffled DistributedSampler), re-seeded by Lightning every epoch; validation
+    # inside fit (DDP-wrapped forward, 2 + 1 batches) counts every labelled pixel once
     assert report["fit"] == {
-        "train_sampler": "DistributedSampler",
+        "train_sampler": "SeededSampler",
         "sampler_epoch": 1,
         "val_sampler": "UnrepeatedDistributedSampler",
         "confmat_total": sum(labelled),

@@ -28,7 +28,11 @@ from .voc import IMAGE_SUFFIXES, VOC_CLASSES, VOCSegmentation, voc_palette
 
 
 class Transformed(Dataset):
-    """Apply a joint (image, mask) transform to a dataset of ``(tv_tensors.Image, tv_tensors.Mask)``."""
+    """Apply a joint (image, mask) transform to a dataset of ``(tv_tensors.Image, tv_tensors.Mask)``.
+
+    A key ``(index, seed)`` (from :class:`SeededSampler`) runs the transform with torch's generator seeded by
+    ``seed`` and restored afterwards; a plain ``index`` uses the generator as it is.
+    """
 
     def __init__(self, dataset: Dataset, transform: Callable) -> None:
         self.dataset, self.transform = dataset, transform
@@ -36,8 +40,26 @@ class Transformed(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.transform(*self.dataset[index])
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor]:
+        if isinstance(key, tuple):
+            index, seed = key
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.transform(*self.dataset[index])
+        return self.transform(*self.dataset[key])
+
+
+class SeededSampler(DistributedSampler):
+    """This process's shuffled share of the training set, each index paired with the seed of its augmentation.
+
+    Order and seeds depend only on (seed, epoch, index): not on the number of loader workers, nor on what ran
+    before in the process. A run resumed from an epoch-end checkpoint (after being killed mid-epoch) therefore
+    sees the very batches an uninterrupted run sees. Lightning calls ``set_epoch`` every epoch.
+    """
+
+    def __iter__(self):
+        for index in super().__iter__():
+            yield index, int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
 
 
 def pad_collate(batch: Sequence[tuple[Tensor, Tensor]], ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
@@ -150,24 +172,25 @@ class SegmentationDataModule(L.LightningDataModule):
         )
 
     def _sampler(self, dataset: Dataset, train: bool) -> Sampler | None:
-        """This process's share of the split when several processes run (``None`` in a single process).
-
-        Training: ``DistributedSampler``, shuffled and padded so every process runs as many steps (Lightning calls
-        its ``set_epoch`` every epoch). Evaluation: ``UnrepeatedDistributedSampler``, which gives each image to
-        exactly one process, where Lightning's own sampler pads the split with repeated images that the metrics
-        would count twice. Per-process batch counts may then differ by one: safe, as the metrics and the logged
-        loss are reduced once, at epoch end. Lightning keeps a loader whose sampler is already a
-        ``DistributedSampler``, so this holds whatever ``use_distributed_sampler`` is; predict is left to Lightning,
-        which already splits it without repeats.
+        """Training: a :class:`SeededSampler` (a ``DistributedSampler``, shuffled and padded so every process runs
+        as many steps; one process is a world of one). Evaluation, when several processes run (``None`` in one):
+        ``UnrepeatedDistributedSampler``, which gives each image to exactly one process, where Lightning's own
+        sampler pads the split with repeated images that the metrics would count twice. Per-process batch counts
+        may then differ by one: safe, as the metrics and the logged loss are reduced once, at epoch end. Lightning
+        keeps a loader whose sampler is already a ``DistributedSampler``, so this holds whatever
+        ``use_distributed_sampler`` is; predict is left to Lightning, which already splits it without repeats.
         """
         trainer = self.trainer
-        if trainer is None or trainer.world_size <= 1:
-            return None
-        kwargs = trainer.distributed_sampler_kwargs or {}  # num_replicas, rank
+        several = trainer is not None and trainer.world_size > 1
+        kwargs = trainer.distributed_sampler_kwargs if several else {"num_replicas": 1, "rank": 0}
         if not train:
-            return UnrepeatedDistributedSampler(dataset, shuffle=False, **kwargs)
+            return UnrepeatedDistributedSampler(dataset, shuffle=False, **kwargs) if several else None
         seed = int(os.getenv("PL_GLOBAL_SEED", 0))  # as Lightning's sampler: seed_everything sets it
-        return DistributedSampler(dataset, shuffle=not trainer.overfit_batches, seed=seed, drop_last=False, **kwargs)
+        shuffle = trainer is None or not trainer.overfit_batches
+        sampler = SeededSampler(dataset, shuffle=shuffle, seed=seed, drop_last=False, **kwargs)
+        # the epoch Lightning passes to ``set_epoch`` (after the loader's first batch is drawn): right on resuming
+        sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0)
+        return sampler
 
     def _log_batch_size(self) -> None:
         trainer = self.trainer

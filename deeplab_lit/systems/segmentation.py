@@ -11,11 +11,13 @@ uses the plain single-scale forward (at the evaluation output stride), as the pa
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
@@ -294,6 +296,14 @@ class SegmentationModule(L.LightningModule):
         )
         return loss
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Dropout draws from the global generator: seeded from (seed, rank, step), a run resumed from last.ckpt
+        # draws the masks an uninterrupted run draws (the sampler does the same for data and augmentation).
+        seed = os.getenv("PL_GLOBAL_SEED")
+        if seed is not None:
+            entropy = [int(seed), self.global_rank, self.global_step]
+            torch.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return self.shared_step(batch, "train", batch_idx)
@@ -363,6 +373,15 @@ class SegmentationModule(L.LightningModule):
             for (is_backbone, decay), params in sorted(groups.items(), reverse=True)
         ]
 
+    def poly(self, step: int) -> float:
+        """The poly schedule's factor, ``(1 - step / total) ** power``. The step total is looked up at the first
+        step, not when the optimizer is built: asking for it then makes Lightning build the training loader and
+        draw its first batch before a checkpoint is restored, so a resumed run would start with epoch 0's data."""
+        if step == 0:
+            return 1.0
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        return (1.0 - min(step, total) / total) ** self.hparams.poly_power
+
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.param_groups()
         if self.optimizer_factory is not None:
@@ -372,7 +391,5 @@ class SegmentationModule(L.LightningModule):
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         for group in optimizer.param_groups:
             group["lr"] *= group["lr_mult"]
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        power = self.hparams.poly_power
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1.0 - min(step, total) / total) ** power)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.poly)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
