@@ -1,6 +1,6 @@
 """``python -m deeplab_lit fit|validate|test|predict``: LightningCLI over every generation and datamodule.
 
-python -m deeplab_lit fit --config experiments/configs/shapes/deeplabv3plus_mobilenetv2-os16_b16-9e_64.yaml
+python -m deeplab_lit fit --config experiments/configs/shapes/deeplabv3plus_mobilenetv2-os16_b16-10e_64.yaml
 python -m deeplab_lit fit --model DeepLabV3 --data ShapesDataModule --model.image_pooling false
 python -m deeplab_lit predict --config CONFIG --ckpt_path BEST.ckpt --data.predict_path images/
 python -m deeplab_lit check-data --config CONFIG      (decode every sample of every split; see check_data.py)

@@ -16,7 +16,7 @@ from .cli import main as cli
 from .data.shapes import write_shapes_images
 
 CONFIG = (
-    Path(__file__).resolve().parents[1] / "experiments/configs/shapes/deeplabv3plus_mobilenetv2-os16_b16-9e_64.yaml"
+    Path(__file__).resolve().parents[1] / "experiments/configs/shapes/deeplabv3plus_mobilenetv2-os16_b16-10e_64.yaml"
 )
 
 

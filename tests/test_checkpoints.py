@@ -21,7 +21,7 @@ from deeplab_lit.data import ShapesDataModule
 from deeplab_lit.systems import DeepLabV3
 
 TESTS = Path(__file__).resolve().parent
-CONFIG = "experiments/configs/shapes/deeplabv3plus_mobilenetv2-os16_b16-9e_64.yaml"
+CONFIG = "experiments/configs/shapes/deeplabv3plus_mobilenetv2-os16_b16-10e_64.yaml"
 TINY = [
     *("--data.init_args.num_train", "16", "--data.init_args.num_val", "4", "--data.init_args.image_size", "32"),
     *("--data.init_args.batch_size", "4", "--data.init_args.val_batch_size", "2", "--data.init_args.num_workers", "1"),
