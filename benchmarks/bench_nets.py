@@ -163,24 +163,37 @@ def markdown_table(results: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--batch", type=int, default=2, help="images per step (at least 2)")
-    parser.add_argument("--size", type=int, default=257, help="square input side in pixels")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per configuration")
-    parser.add_argument("--iters", type=int, default=5, help="timed iterations per configuration")
+def parse_step_arguments(
+    parser: argparse.ArgumentParser, *, device: str, batch: int, size: int, warmup: int, iters: int
+) -> argparse.Namespace:
+    """Add the arguments every step benchmark takes (device, batch, size, warm-up, timed steps, seed, JSON), parse."""
+    parser.add_argument("--device", default=device, help="cpu or cuda")
+    parser.add_argument("--batch", type=int, default=batch, help="images per step (at least 2)")
+    parser.add_argument("--size", type=int, default=size, help="square input side in pixels")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed iterations per configuration")
+    parser.add_argument("--iters", type=int, default=iters, help="timed iterations per configuration")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
     if args.batch < 2:
         parser.error("--batch must be at least 2: training batch norm after image pooling needs 2 values a channel")
+    return args
 
+
+def random_batch(args: argparse.Namespace) -> tuple[torch.device, Tensor, Tensor]:
+    """The device, seeded random images (B, 3, size, size) and labels (B, size, size) on it."""
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    ours, tv = build_models(device)
     images = torch.randn(args.batch, 3, args.size, args.size, device=device)
     labels = torch.randint(0, NUM_CLASSES, (args.batch, args.size, args.size), device=device)
+    return device, images, labels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    args = parse_step_arguments(parser, device="cpu", batch=2, size=257, warmup=2, iters=5)
+    device, images, labels = random_batch(args)
+    ours, tv = build_models(device)
     max_diff = check_agreement(ours, tv, images)
 
     tasks: dict[str, tuple[bool, Callable[[Config], None]]] = {

@@ -16,17 +16,23 @@ import argparse
 import json
 import statistics
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_nets import MODES, Config, autocast, device_name, run_interleaved
+from bench_nets import (
+    IGNORE_INDEX,
+    MODES,
+    NUM_CLASSES,
+    Config,
+    autocast,
+    device_name,
+    parse_step_arguments,
+    random_batch,
+    run_interleaved,
+)
 from torch import Tensor
 
 from deeplab_lit.nets import build_net
-
-NUM_CLASSES = 21
-IGNORE_INDEX = 255
 
 
 def make_config(args: argparse.Namespace, mode: str, images: Tensor, device: torch.device) -> Config:
@@ -62,24 +68,12 @@ def peak_memory(config: Config, labels: Tensor, device: torch.device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--generation", default="v3plus", help="v1, v2, v3 or v3plus")
     parser.add_argument("--backbone", default="resnet101")
     parser.add_argument("--output-stride", type=int, default=16)
-    parser.add_argument("--size", type=int, default=513, help="square crop side in pixels")
-    parser.add_argument("--batch", type=int, default=8, help="images per step (at least 2)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration")
-    parser.add_argument("--iters", type=int, default=10, help="timed steps per configuration")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    args = parser.parse_args()
-    if args.batch < 2:
-        parser.error("--batch must be at least 2: batch norm after image pooling needs 2 values a channel")
-
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    images = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    labels = torch.randint(0, NUM_CLASSES, (args.batch, args.size, args.size), device=device)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    args = parse_step_arguments(parser, device=device, batch=8, size=513, warmup=3, iters=10)
+    device, images, labels = random_batch(args)
 
     peaks: dict[str, float] = {}
     if device.type == "cuda":
