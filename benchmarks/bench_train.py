@@ -85,7 +85,7 @@ def main() -> None:
     configs = [make_config(args, mode, images, device) for mode in MODES]
     times = run_interleaved(configs, lambda c: train_step(c, labels, device), args.warmup, args.iters, device)
     ips = {name: args.batch / statistics.median(values) for name, values in times.items()}
-    fast, fp32 = (f"{configs[0].net}-{mode}" for mode in ("fast", "fp32"))
+    fast, fp32 = (next(c.name for c in configs if c.mode == mode) for mode in ("fast", "fp32"))
 
     meta = {
         "device": device_name(device),

@@ -18,10 +18,11 @@ import torch
 
 from deeplab_lit.callbacks import Checkpoint
 from deeplab_lit.data import ShapesDataModule
+from deeplab_lit.demo import CONFIG  # the main job's config
 from deeplab_lit.systems import DeepLabV3
 
 TESTS = Path(__file__).resolve().parent
-CONFIG = "experiments/configs/shapes/deeplabv3plus_mobilenetv2-os16_b16-10e_64.yaml"
+STEPS_PER_EPOCH = 4  # 16 images, batch 4
 TINY = [
     *("--data.init_args.num_train", "16", "--data.init_args.num_val", "4", "--data.init_args.image_size", "32"),
     *("--data.init_args.batch_size", "4", "--data.init_args.val_batch_size", "2", "--data.init_args.num_workers", "1"),
@@ -29,9 +30,6 @@ TINY = [
     *("--trainer.num_sanity_val_steps", "0"),
     *("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"),
 ]
-
-
-STEPS_PER_EPOCH = 4  # 16 images, batch 4
 
 
 class KillAt(L.Callback):
@@ -60,8 +58,9 @@ class FileSizeLimit(L.Callback):
 def fit(out: Path, *extra: str) -> subprocess.CompletedProcess:
     """A real ``python -m deeplab_lit fit`` of the main job's network on 16 tiny images, 3 epochs of 4 steps."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "deeplab_lit", "fit", "--config", CONFIG, "--trainer.default_root_dir", str(out)]
-    command += [*TINY, "--trainer.logger.init_args.save_dir", str(out), "--checkpoint.dirpath", str(out / "ckpt")]
+    command = [sys.executable, "-m", "deeplab_lit", "fit", "--config", str(CONFIG), *TINY]
+    command += ["--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out)]
+    command += ["--checkpoint.dirpath", str(out / "ckpt")]
     return subprocess.run([*command, *extra], cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=600)
 
 
