@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from ..errors import DataError
 from .transforms import IGNORE_INDEX
 
 VOC_CLASSES = (
@@ -24,10 +25,6 @@ VOC_CLASSES = (
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-class DataError(ValueError):
-    """A dataset file or layout problem, raised before training with the file named."""
 
 
 def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
