@@ -1,4 +1,4 @@
-"""Export a trained network to ONNX or TorchScript, and run an exported file in place of a network.
+"""Export a trained network to ONNX or TorchScript (``deeplab_lit.inference.exported`` runs the file).
 
 python -m deeplab_lit.export --ckpt runs/best.ckpt --format onnx --output deeplab.onnx --output-stride 8
 
@@ -15,19 +15,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from . import systems
+from .inference.exported import ONNX_SUFFIXES, TORCHSCRIPT_SUFFIXES, ExportedSegmenter, load_exported, quiet_tracing
 from .nets import upsample_to
 from .nets.msc import MSC
 
-ONNX_SUFFIXES = (".onnx",)
-TORCHSCRIPT_SUFFIXES = (".pt", ".ts")
+# ExportedSegmenter and load_exported live in inference (systems runs them); kept importable from here.
+__all__ = ["ExportedSegmenter", "Segmenter", "export_onnx", "export_torchscript", "load_exported", "load_module"]
 
 
 class Segmenter(nn.Module):
@@ -43,14 +42,6 @@ class Segmenter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return upsample_to(self.net(x)["out"], x.shape[-2:])  # bilinear, align_corners=False
-
-
-@contextmanager
-def _tracing() -> Iterator[None]:
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=r".*(legacy TorchScript-based ONNX|is deprecated|will be removed)")
-        yield
 
 
 def _prepare(net: nn.Module, height: int, width: int, output_stride: int | None) -> tuple[Segmenter, Tensor]:
@@ -81,7 +72,7 @@ def export_onnx(
     axes = {0: "batch", 2: "height", 3: "width"}
     dynamic_axes = {"image": axes, "logits": axes} if dynamic else None
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _tracing():
+    with quiet_tracing():
         torch.onnx.export(
             seg,
             (x,),
@@ -102,52 +93,15 @@ def export_torchscript(
     path = Path(path)
     seg, x = _prepare(net, height, width, output_stride)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _tracing():
+    with quiet_tracing():
         torch.jit.trace(seg, (x,), check_trace=False).save(str(path))
     return path
-
-
-class ExportedSegmenter(nn.Module):
-    """An exported file used like a network: ``forward(x)`` returns ``{"out": logits (B, classes, H, W)}``.
-
-    ``.onnx`` runs on onnxruntime (``providers``, CPU by default), ``.pt``/``.ts`` on ``torch.jit.load``.
-    """
-
-    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
-        super().__init__()
-        self.path = Path(path)
-        if self.path.suffix not in ONNX_SUFFIXES + TORCHSCRIPT_SUFFIXES:
-            raise ValueError(f"{self.path}: unknown suffix; expected one of {ONNX_SUFFIXES + TORCHSCRIPT_SUFFIXES}")
-        if not self.path.is_file():
-            raise FileNotFoundError(f"exported model not found: {self.path}")
-        self.session = self.module = None
-        if self.path.suffix in ONNX_SUFFIXES:
-            import onnxruntime as ort
-
-            self.session = ort.InferenceSession(str(self.path), providers=providers or ["CPUExecutionProvider"])
-            self.input_name = self.session.get_inputs()[0].name
-        else:
-            with _tracing():
-                self.module = torch.jit.load(str(self.path), map_location="cpu")
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        if self.module is not None:
-            return {"out": self.module(x)}
-        logits = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
-        return {"out": torch.from_numpy(logits).to(x.device)}
-
-
-def load_exported(path: str | Path) -> ExportedSegmenter:
-    """Load an exported ``.onnx``/``.pt``/``.ts`` file as an ``ExportedSegmenter``."""
-    return ExportedSegmenter(path)
 
 
 def module_class(hparams: dict) -> type:
     """The ``SegmentationModule`` subclass of a checkpoint: its recorded ``_class_path`` (LightningCLI runs), else
     the one generation whose ``__init__`` arguments all appear in ``hparams``.
     """
-    from . import systems
-
     if "_class_path" in hparams:
         module, _, name = hparams["_class_path"].rpartition(".")
         cls = getattr(importlib.import_module(module), name)

@@ -1,6 +1,8 @@
 """Export to ONNX and TorchScript: parity with PyTorch at other input sizes and output strides, the CLI, errors."""
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -9,6 +11,7 @@ import torch
 
 from conftest import randomize_bn
 from deeplab_lit import cli
+from deeplab_lit.errors import ConfigError
 from deeplab_lit.export import ExportedSegmenter, Segmenter, export_onnx, export_torchscript, load_exported, main
 from deeplab_lit.nets import DeepLabV3PlusNet
 from deeplab_lit.nets.msc import MSC
@@ -83,11 +86,23 @@ def test_torchscript_round_trip_matches_pytorch_at_other_sizes_and_output_stride
     assert torch.equal(ExportedSegmenter(path)(x)["out"], out)
 
 
+def test_imports_run_one_way_export_systems_inference() -> None:
+    # A fresh interpreter: inference loads exported files without Lightning, and systems never imports export.
+    code = (
+        "import sys\n"
+        "import deeplab_lit.inference.exported\n"
+        "assert 'lightning' not in sys.modules and 'deeplab_lit.systems' not in sys.modules, sorted(sys.modules)\n"
+        "import deeplab_lit.systems\n"
+        "assert 'deeplab_lit.export' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_exported_segmenter_rejects_unknown_suffix_and_missing_file(tmp_path) -> None:
     (tmp_path / "m.txt").write_text("x")
-    with pytest.raises(ValueError, match="unknown suffix"):
+    with pytest.raises(ConfigError, match="unknown suffix"):
         ExportedSegmenter(tmp_path / "m.txt")
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(ConfigError, match="not found"):
         ExportedSegmenter(tmp_path / "missing.onnx")
 
 

@@ -1,5 +1,5 @@
-"""Inference: test-time augmentation (multi-scale, flip, sliding window; PyTorch) and the fully connected CRF of
-DeepLab V1 and V2 (numpy). No Lightning."""
+"""Inference: test-time augmentation (multi-scale, flip, sliding window; PyTorch), the fully connected CRF of
+DeepLab V1 and V2 (numpy) and exported ONNX / TorchScript files run as networks (``exported``). No Lightning."""
 
 from .crf import V1_CRF, V2_CRF, CRFParams, CRFPool, crf_batch, dense_crf
 

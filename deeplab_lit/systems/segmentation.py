@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
-from ..export import load_exported
 from ..inference import TTA, CRFParams, CRFPool
+from ..inference.exported import load_exported
 from ..metrics import SegmentationMetrics
 from ..nets import DeepLabNet, convert_torchvision_deeplabv3, load_checked, upsample_to
 from ..nets.msc import check_scales, multi_scale_forward
