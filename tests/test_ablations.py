@@ -21,7 +21,7 @@ GRIDS = {"atrous_rates": (5, 5), "image_pooling": (4, 4), "output_stride": (6, 3
 
 def load(name: str):
     if str(ABLATIONS) not in sys.path:
-        sys.path.insert(0, str(ABLATIONS))  # the scripts import their neighbour `common`
+        sys.path.insert(0, str(ABLATIONS))  # the scripts import their neighbours (`grid`, `launch`, ...)
     spec = importlib.util.spec_from_file_location(f"ablation_{name}", ABLATIONS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -175,7 +175,7 @@ def test_one_tiny_ablation_end_to_end_then_summary(tmp_path, capsys) -> None:
     mean = float(rows[0].split(" | ")[5])
     assert math.isclose(mean, round(records[0]["mIoU"] * 100, 2))
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    sys.modules["common"].summarize(tmp_path / "image_pooling", wandb=True)  # WANDB_MODE=disabled in tests
+    sys.modules["summary"].summarize(tmp_path / "image_pooling", wandb=True)  # WANDB_MODE=disabled in tests
 
     # the decoder ablation's "decoder on" run is image pooling's "on" run: tested, not trained again
     ckpt = Path(records[0]["ckpt"])

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from common import Ablation, Variant, run_ablation
+from grid import Ablation, Variant
+from launch import run_ablation
 
 
 def tap_shares(size: int, rate: int, kernel: int = 3) -> tuple[float, float]:

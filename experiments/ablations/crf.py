@@ -13,7 +13,8 @@ from dataclasses import asdict
 from typing import Any
 
 import yaml
-from common import Ablation, Variant, run_ablation
+from grid import Ablation, Variant
+from launch import run_ablation
 
 from deeplab_lit.inference import V1_CRF, V2_CRF, CRFParams
 

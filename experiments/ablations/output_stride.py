@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from common import Ablation, Variant, run_ablation
+from grid import Ablation, Variant
+from launch import run_ablation
 
 
 def variant(train: int, evaluate: int) -> Variant:

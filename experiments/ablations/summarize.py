@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import shown, summarize
+from grid import shown
+from summary import summarize
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
