@@ -211,3 +211,19 @@ def test_augmentation_is_reproducible_per_worker_from_the_seed() -> None:
     a, b, c = first_batches(0), first_batches(0), first_batches(1)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_a_seeded_sample_is_its_transform_after_torch_manual_seed_and_leaves_the_global_generator() -> None:
+    """``Transformed[(index, seed)]`` seeds only the CPU generator: the sample ``torch.manual_seed(seed)`` gives."""
+    from deeplab_lit.data.datamodule import Transformed
+
+    dm = ShapesDataModule(num_train=4, image_size=32, batch_size=2, num_workers=0, scale_range=(0.5, 2.0))
+    data = Transformed(dm.dataset("train"), dm.train_transform())
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    x, y = data[(1, 7)]
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(7)
+    ref_x, ref_y = dm.train_transform()(*dm.dataset("train")[1])
+    assert torch.equal(x, ref_x) and torch.equal(y, ref_y)
+    assert not torch.equal(x, data[(1, 8)][0])
