@@ -302,7 +302,11 @@ class SegmentationModule(L.LightningModule):
         seed = os.getenv("PL_GLOBAL_SEED")
         if seed is not None:
             entropy = [int(seed), self.global_rank, self.global_step]
-            torch.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+            step_seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+            if self.device.type == "cpu":  # torch.manual_seed also queues a seed, with its call stack, per accelerator
+                torch.random.default_generator.manual_seed(step_seed)
+            else:
+                torch.manual_seed(step_seed)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
