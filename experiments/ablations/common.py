@@ -240,7 +240,9 @@ def slurm_script(ablation: Ablation, runs: Sequence[Run], opts: argparse.Namespa
         "set -euo pipefail",
         'cd "${SLURM_SUBMIT_DIR:-.}"',
         f"mkdir -p {shlex.quote(str(log_dir))}",
-        f"srun python experiments/ablations/{ablation.name}.py {shlex.join(rerun)} --index $SLURM_ARRAY_TASK_ID",
+        # Slurm >= 22.05: srun no longer passes --cpus-per-task on; one failed task ends the step, none waits
+        f'srun --cpus-per-task="$SLURM_CPUS_PER_TASK" --kill-on-bad-exit=1 python experiments/ablations/'
+        f"{ablation.name}.py {shlex.join(rerun)} --index $SLURM_ARRAY_TASK_ID",
     ]
     return "\n".join(lines) + "\n"
 
@@ -322,7 +324,7 @@ def measure(module: Any, datamodule: Any, trainer: Any, widths: Sequence[int], l
 
 
 def metrics_record(results: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    iou = [None if math.isnan(v) else v for v in results["IoU"].tolist()]
+    iou = [None if math.isnan(v) else v for v in results["IoU"].cpu().tolist()]
     return {**{k: float(results[k]) for k in ("mIoU", "pixel_acc")}, "IoU": dict(zip(names, iou, strict=False))}
 
 
