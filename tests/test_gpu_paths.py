@@ -206,8 +206,12 @@ def cli(args: list[str]) -> subprocess.Popen:
     )
 
 
-@pytest.mark.slow  # 15-35 s each: two CLI processes
-@pytest.mark.parametrize("stage", ["predict", "validate", "test"])
+WHAT = {"predict": "image(s) to predict", "validate": "val image(s)", "test": "test image(s)"}
+WHAT["fit"] = "validation image(s)"
+
+
+@pytest.mark.slow  # 15-45 s each: two CLI processes
+@pytest.mark.parametrize("stage", ["predict", "validate", "test", "fit"])
 def test_one_image_on_two_processes_is_refused_not_hung(tmp_path, stage) -> None:
     images = tmp_path / "images"
     write_shapes_images(images, 1, image_size=32)
@@ -226,5 +230,4 @@ def test_one_image_on_two_processes_is_refused_not_hung(tmp_path, stage) -> None
         os.killpg(proc.pid, signal.SIGKILL)
         raise AssertionError(f"{stage} on 2 processes with 1 image hung:\n{proc.communicate()[0][-3000:]}") from None
     assert proc.returncode != 0
-    split = {"predict": "image(s) to predict", "validate": "val image(s)", "test": "test image(s)"}[stage]
-    assert f"{stage} has 1 {split} for 2 processes" in out and "--trainer.devices 1" in out, out[-3000:]
+    assert f"{stage} has 1 {WHAT[stage]} for 2 processes" in out and "--trainer.devices 1" in out, out[-3000:]
