@@ -23,16 +23,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = "experiments/configs/shapes/deeplabv3_resnet18-os16_b16-4e_64.yaml"
 CITYSCAPES = "experiments/configs/cityscapes/deeplabv3_r101-os16_b8-90k_769.yaml"
-REPORT = "GPU_CHECK"  # prefix of the lines Report prints for this script to read
+REPORT = "GPU_CHECK"  # prefix of the lines benchmarks/gpu_report.py prints for this script to read
 SIZES = {  # per device: Shapes side, training images per process, batch; the TTA image; bench_train arguments
     "cuda": {"side": 128, "train": 64, "batch": 8, "epochs": 2, "image": (1024, 2048), "window": 769,
              "scales": "[0.5, 0.75, 1.0, 1.25, 1.5, 1.75]", "bench": ["--warmup", "2", "--iters", "5"], "timeout": 300},
@@ -40,33 +38,6 @@ SIZES = {  # per device: Shapes side, training images per process, batch; the TT
             "bench": ["--backbone", "resnet18", "--batch", "2", "--size", "65", "--warmup", "1", "--iters", "1"],
             "timeout": 240},
 }  # fmt: skip
-
-
-class Report(Callback):
-    """Added to the CLI runs: prints SyncBN layers and the stage's seconds and peak GPU memory."""
-
-    def _start(self, pl_module: L.LightningModule) -> None:
-        self.start = time.perf_counter()
-        if pl_module.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(pl_module.device)
-
-    def _end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        peak = torch.cuda.max_memory_allocated(pl_module.device) / 2**30 if pl_module.device.type == "cuda" else 0.0
-        sync_bn = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in pl_module.modules())
-        if trainer.is_global_zero:
-            print(f"{REPORT} sync_bn={sync_bn} peak_GiB={peak:.2f} seconds={time.perf_counter() - self.start:.1f}")
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start(pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._end(trainer, pl_module)
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start(pl_module)
-
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._end(trainer, pl_module)
 
 
 @dataclass
@@ -130,7 +101,7 @@ class Checks:
             "--data.init_args.num_val", str(2 * self.gpus + 1), "--trainer.max_epochs", str(self.size["epochs"]),
             "--trainer.precision", "bf16-mixed", "--trainer.benchmark", "true", "--trainer.default_root_dir", str(root),
             "--trainer.logger.init_args.save_dir", str(root), "--checkpoint.dirpath", str(root / "checkpoints"),
-            "--trainer.callbacks+=benchmarks.gpu_check.Report",
+            "--trainer.callbacks+=benchmarks.gpu_report.Report",
         ]  # fmt: skip
         result = self.cli("fit", args, self.gpus)
         report, ckpt = result.report(), root / "checkpoints" / "last.ckpt"
@@ -203,7 +174,7 @@ class Checks:
             "--model.init_args.eval_scales", self.size["scales"], "--model.init_args.eval_flip", "true",
             "--model.init_args.sliding_window", str(self.size["window"]), "--data.init_args.predict_path",
             str(image_dir), "--prediction.output_dir", str(out_dir), "--trainer.logger", "false",
-            "--trainer.default_root_dir", str(out_dir), "--trainer.callbacks+=benchmarks.gpu_check.Report",
+            "--trainer.default_root_dir", str(out_dir), "--trainer.callbacks+=benchmarks.gpu_report.Report",
         ]  # fmt: skip
         if self.device == "cpu":  # toy size: a ResNet-18 in the recipe's place
             args += ["--model.init_args.backbone", "resnet18", "--model.init_args.multi_grid", "[1, 2]"]
