@@ -24,7 +24,7 @@ def test_skips_cleanly_without_a_cuda_device(tmp_path) -> None:
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.slow  # about 9 minutes on 2 busy cores: 11 CLI runs, 2 processes in 5 of them
+@pytest.mark.slow  # 9-15 minutes on 2 busy cores: 11 CLI runs, 2 processes in 5 of them
 def test_cpu_dry_mode_runs_every_check(tmp_path) -> None:
     proc = gpu_check("--device", "cpu", "--out", str(tmp_path), timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:]
