@@ -95,6 +95,7 @@ class MetricsWriter(Callback):
         path = run_dir(trainer) / f"{stage}_metrics.json"  # on every process: a collective
         if not trainer.is_global_zero:
             return
+        results = {k: v.cpu() for k, v in results.items()}  # JSON needs host memory: the state may be on a GPU
         names = class_names(trainer, len(results["IoU"]))
         payload = {k: float(results[k]) for k in ("mIoU", "pixel_acc", "mean_acc", "fwIoU")}
         payload["IoU"] = {n: (None if np.isnan(v) else v) for n, v in zip(names, results["IoU"].tolist(), strict=True)}
@@ -164,13 +165,13 @@ class PredictionWriter(BasePredictionWriter):
                 log.warning("skipped %s: %s", item["path"], item["error"])
                 self.failures[item["path"]] = item["error"]
                 continue
-            labels = item["labels"].numpy()
+            labels = item["labels"].cpu().numpy()
             stem = Path(item["path"]).stem
             mask = colorize(labels, palette)
             mask.save(out / f"{stem}.png")
             if self.label_ids:
                 Image.fromarray(trainer.datamodule.to_label_ids(labels)).save(out / f"{stem}_labelIds.png")
-            image = Image.fromarray(item["image"].permute(1, 2, 0).numpy())
+            image = Image.fromarray(item["image"].cpu().permute(1, 2, 0).numpy())
             Image.blend(image, mask.convert("RGB"), self.overlay_alpha).save(out / f"{stem}_overlay.png")
             counts = np.bincount(labels.ravel(), minlength=len(names)) / labels.size
             self.fractions[item["path"]] = {n: round(float(c), 6) for n, c in zip(names, counts, strict=False) if c}
@@ -207,7 +208,7 @@ class WandbMedia(Callback):
 
     The git commit in the run config; every ``every_n_epochs`` validations a per-class IoU table, the confusion
     matrix as an image and ``num_images`` validation images with ground-truth and predicted masks (class labels
-    with 255 as "void"); each training epoch, images/s over all processes and the peak GPU memory.
+    with 255 as "void"); each training epoch, images/s over all processes and the epoch's peak GPU memory.
     """
 
     def __init__(self, every_n_epochs: int = 1, num_images: int = 4) -> None:
@@ -225,6 +226,8 @@ class WandbMedia(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start, self._images = time.perf_counter(), 0
+        if pl_module.device.type == "cuda":  # the logged peak is this epoch's, not the process's lifetime peak
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         self._images += batch[0].shape[0]
@@ -234,8 +237,8 @@ class WandbMedia(Callback):
             return
         rate = self._images * trainer.world_size / (time.perf_counter() - self._start)
         pl_module.log("train/images_per_s", rate)
-        if torch.cuda.is_available():
-            pl_module.log("train/gpu_max_memory_GiB", torch.cuda.max_memory_allocated() / 2**30)
+        if pl_module.device.type == "cuda":
+            pl_module.log("train/gpu_max_memory_GiB", torch.cuda.max_memory_allocated(pl_module.device) / 2**30)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = self._logger(trainer)
@@ -243,6 +246,7 @@ class WandbMedia(Callback):
         due = (trainer.current_epoch + 1) % self.every_n_epochs == 0
         if logger is None or results is None or trainer.sanity_checking or not due or not trainer.is_global_zero:
             return
+        results = {k: v.cpu() for k, v in results.items()}  # W&B and PIL need host memory
         names = class_names(trainer, len(results["IoU"]))
         step = trainer.global_step
         rows = [[n, None if np.isnan(v) else v] for n, v in zip(names, results["IoU"].tolist(), strict=True)]
@@ -266,11 +270,11 @@ class WandbMedia(Callback):
                 x, y = preset(image, mask)
                 logits = pl_module(x[None].to(pl_module.device))["out"]
                 pred = upsample_to(logits, y.shape[-2:]).argmax(1)[0].cpu().numpy()
-                images.append(image.permute(1, 2, 0).numpy())
+                images.append(image.cpu().permute(1, 2, 0).numpy())
                 masks.append(
                     {
                         "predictions": {"mask_data": pred.astype(np.int64), "class_labels": labels},
-                        "ground_truth": {"mask_data": y.numpy().astype(np.int64), "class_labels": labels},
+                        "ground_truth": {"mask_data": y.cpu().numpy().astype(np.int64), "class_labels": labels},
                     }
                 )
         pl_module.train(training)
@@ -282,7 +286,7 @@ def confusion_image(confmat: torch.Tensor, names: Sequence[str]) -> Image.Image:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
-    counts = confmat.double()
+    counts = confmat.cpu().double()  # the metric state lives on the model's device
     rates = (counts / counts.sum(1, keepdim=True).clamp_min(1)).numpy()
     size = 2 + 0.35 * len(names)
     fig = Figure(figsize=(size, size))

@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     metrics_json = Path(test.trainer.log_dir) / "test_metrics.json"
 
     images = out / "heldout_images"
-    write_shapes_images(images, args.num_predict, seed=1_000_000, **fit.datamodule.generator)
+    if test.trainer.is_global_zero:  # with several processes each runs this function: one writer, the others wait
+        write_shapes_images(images, args.num_predict, seed=1_000_000, **fit.datamodule.generator)
+    test.trainer.strategy.barrier()
     predictions = out / "predictions"
     cli(
         [

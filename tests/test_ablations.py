@@ -4,7 +4,9 @@ overrides, and one tiny real ablation with its Markdown table and plot."""
 import importlib.util
 import json
 import math
+import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -116,6 +118,20 @@ def test_slurm_array_has_one_task_per_training_run(capsys) -> None:
     assert script.startswith("#!/bin/bash\n") and capsys.readouterr().out == script
     srun = next(line for line in script.splitlines() if line.startswith("srun "))
     assert srun.endswith("--index $SLURM_ARRAY_TASK_ID") and "--seeds 2 --max-epochs 3" in srun
+
+
+def test_slurm_array_task_passes_cpus_per_task_to_srun(tmp_path, capsys) -> None:
+    """The generated script as SLURM runs it, with an ``srun`` on PATH that prints its arguments."""
+    script = tmp_path / "array.sh"
+    script.write_text(load("output_stride").main(["--slurm", "--out", str(tmp_path / "runs")]))
+    (tmp_path / "srun").write_text('#!/bin/bash\necho "srun $*"\n')
+    (tmp_path / "srun").chmod(0o755)
+    env = {"PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_CPUS_PER_TASK": "8", "SLURM_ARRAY_TASK_ID": "3"}
+    env["SLURM_SUBMIT_DIR"] = str(tmp_path)
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("srun --cpus-per-task=8 --kill-on-bad-exit=1 python experiments/ablations/")
+    assert proc.stdout.rstrip().endswith("--index 3")
 
 
 def test_sweep_yaml_is_a_grid_over_the_knobs_and_seeds(tmp_path, capsys) -> None:

@@ -12,13 +12,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
+from ..errors import ConfigError
 from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CityscapesSegmentation, to_label_ids
 from .folder import FolderSegmentation
 from .sbd import TrainAugSegmentation
@@ -120,6 +121,8 @@ class SegmentationDataModule(L.LightningDataModule):
     implement ``build(split)`` returning a dataset of ``(tv_tensors.Image uint8, tv_tensors.Mask uint8)`` pairs.
 
     ``setup`` builds every split the stage needs, so a wrong root or a broken list fails before the first step.
+    ``recipe_global_batch`` is the global batch (per optimizer step) a recipe's learning rate and steps are meant
+    for: ``fit`` warns when ``batch_size`` × processes × accumulation differs from it.
     """
 
     num_classes: int
@@ -139,6 +142,7 @@ class SegmentationDataModule(L.LightningDataModule):
         std: tuple[float, float, float] = IMAGENET_STD,
         predict_path: str | None = None,
         photometric: bool = False,
+        recipe_global_batch: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 2:
@@ -148,6 +152,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.crop_size, self.scale_range, self.scale_step = crop_size, scale_range, scale_step
         self.mean, self.std = mean, std
         self.predict_path, self.photometric = predict_path, photometric
+        self.recipe_global_batch = recipe_global_batch
         self._datasets: dict[str, Dataset] = {}
 
     def build(self, split: str) -> Dataset:
@@ -162,6 +167,33 @@ class SegmentationDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         for split in {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ()):
             self.dataset(split)
+        self._check_every_process_has_data(stage)
+
+    def _check_every_process_has_data(self, stage: str) -> None:
+        """Refuse a run in which a process would get no image to evaluate or predict. Lightning skips such a
+        process's loop and its hooks while the others enter collective calls (metric sync, ``trainer.log_dir``,
+        the prediction writer's gather): a hang until the NCCL timeout. Every process checks the same numbers, so
+        every process raises."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size < 2:
+            return
+        stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn enum
+        if stage == "predict":
+            count, what = len(list_images(self.predict_path)) if self.predict_path else 0, "image(s) to predict"
+        elif stage == "fit" and trainer.limit_val_batches != 0:
+            count, what = len(self.dataset("val")), "validation image(s)"
+        elif stage in ("validate", "test"):
+            split = "val" if stage == "validate" else "test"
+            count, what = len(self.dataset(split)), f"{split} image(s)"
+        else:
+            return
+        world = trainer.world_size
+        if 0 < count < world:
+            raise ConfigError(
+                f"{stage} has {count} {what} for {world} processes (devices × nodes): a process without an image "
+                f"would wait for the others forever; run it on at most {count} process(es) "
+                f"(--trainer.devices {count}), or give it at least {world} images"
+            )
 
     def train_transform(self) -> Callable:
         return TrainPreset(
@@ -207,6 +239,17 @@ class SegmentationDataModule(L.LightningDataModule):
             k = trainer.accumulate_grad_batches
             message += f" (× {k} accumulated = {self.batch_size * trainer.world_size * k} per optimizer step)"
         rank_zero_info(message)
+        run = self.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        recipe = self.recipe_global_batch
+        if recipe is not None and run != recipe:
+            per_device, rest = divmod(recipe, trainer.world_size * trainer.accumulate_grad_batches)
+            fix = f"--data.init_args.batch_size {per_device}" if per_device and not rest else "a batch_size"
+            rank_zero_warn(
+                f"the recipe's learning rate and steps are meant for a global batch of {recipe} "
+                f"(recipe_global_batch); this run's is {run} ({message}). Use {fix} to train with the recipe's "
+                f"global batch on {trainer.world_size} process(es), or scale the learning rate and steps yourself "
+                "and set --data.init_args.recipe_global_batch to match"
+            )
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool = False) -> DataLoader:
         sampler = self._sampler(dataset, train)
@@ -267,9 +310,16 @@ class ShapesDataModule(SegmentationDataModule):
         crop_size: int | tuple[int, int] | None = None,
         scale_range: tuple[float, float] = (0.5, 2.0),
         predict_path: str | None = None,
+        recipe_global_batch: int | None = None,
     ) -> None:
         super().__init__(
-            batch_size, val_batch_size, num_workers, crop_size or image_size, scale_range, predict_path=predict_path
+            batch_size,
+            val_batch_size,
+            num_workers,
+            crop_size or image_size,
+            scale_range,
+            predict_path=predict_path,
+            recipe_global_batch=recipe_global_batch,
         )
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.seed = seed

@@ -32,7 +32,8 @@ def quiet_tracing() -> Iterator[None]:
 class ExportedSegmenter(nn.Module):
     """An exported file used like a network: ``forward(x)`` returns ``{"out": logits (B, classes, H, W)}``.
 
-    ``.onnx`` runs on onnxruntime (``providers``, CPU by default), ``.pt``/``.ts`` on ``torch.jit.load``.
+    ``.onnx`` runs on onnxruntime (``providers``; by default CUDA when onnxruntime-gpu offers it, else CPU; the
+    input goes through host memory either way), ``.pt``/``.ts`` on ``torch.jit.load`` (a submodule: moved with this).
     """
 
     def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
@@ -47,7 +48,10 @@ class ExportedSegmenter(nn.Module):
         if self.path.suffix in ONNX_SUFFIXES:
             import onnxruntime as ort
 
-            self.session = ort.InferenceSession(str(self.path), providers=providers or ["CPUExecutionProvider"])
+            providers = providers or [
+                p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
+            ]
+            self.session = ort.InferenceSession(str(self.path), providers=providers)
             self.input_name = self.session.get_inputs()[0].name
         else:
             with quiet_tracing():

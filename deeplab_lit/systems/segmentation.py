@@ -29,6 +29,7 @@ from ..metrics import SegmentationMetrics
 from ..nets import DeepLabNet, convert_torchvision_deeplabv3, load_checked, upsample_to
 from ..nets.msc import check_scales, multi_scale_forward
 from ..nets.weights import read_state_dict
+from .device import check_deterministic, set_cudnn_benchmark
 
 STAGES = ("train", "val", "test")
 
@@ -130,6 +131,7 @@ class SegmentationModule(L.LightningModule):
         metric_names += [f"{s}_before_crf_metrics" for s in STAGES[1:]] if crf else []
         self.metrics = nn.ModuleDict({name: SegmentationMetrics(num_classes, ignore_index) for name in metric_names})
         self.results: dict[str, dict[str, Tensor]] = {}
+        self._benchmark = torch.backends.cudnn.benchmark  # cuDNN's autotuner setting outside evaluation
 
     # -- network -----------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> dict[str, Tensor]:
@@ -144,6 +146,7 @@ class SegmentationModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """SyncBN when training on several GPUs, plain BN otherwise (PyTorch's SyncBatchNorm refuses CPU tensors)."""
         trainer = self.trainer
+        check_deterministic(trainer.strategy.root_device)
         if stage == "fit" and trainer.world_size > 1 and trainer.strategy.root_device.type == "cuda":
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
 
@@ -224,13 +227,27 @@ class SegmentationModule(L.LightningModule):
             refined[i, :, : q.shape[-2], : q.shape[-1]] = torch.from_numpy(q).to(probs)
         return refined
 
+    # cuDNN's autotuner (``benchmark: true``) pays off for training's fixed crops; evaluation sees every image at
+    # its own size and scale, where it would re-tune for each new shape: off while evaluating, restored after.
+    def on_validation_start(self) -> None:
+        self._benchmark = set_cudnn_benchmark(False)
+
+    def on_test_start(self) -> None:
+        self._benchmark = set_cudnn_benchmark(False)
+
+    def on_predict_start(self) -> None:
+        self._benchmark = set_cudnn_benchmark(False)
+
     def on_validation_end(self) -> None:
+        set_cudnn_benchmark(self._benchmark)
         self._close_crf()
 
     def on_test_end(self) -> None:
+        set_cudnn_benchmark(self._benchmark)
         self._close_crf()
 
     def on_predict_end(self) -> None:
+        set_cudnn_benchmark(self._benchmark)
         self._close_crf()
 
     def _close_crf(self) -> None:
@@ -328,7 +345,7 @@ class SegmentationModule(L.LightningModule):
         self.metrics[metric].reset()
         if self.trainer.sanity_checking:
             return
-        self.results[key] = results
+        self.results[key] = {k: v.cpu() for k, v in results.items()}  # for writers and loggers: host memory
         names = getattr(self.trainer.datamodule, "class_names", None) or range(self.hparams.num_classes)
         self.log(f"{prefix}/mIoU", results["mIoU"].float(), prog_bar=prefix == key)
         scalars = {f"{prefix}/{k}": results[k].float() for k in ("pixel_acc", "mean_acc", "fwIoU")}

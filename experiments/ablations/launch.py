@@ -40,7 +40,9 @@ def slurm_script(ablation: Ablation, runs: Sequence[Run], opts: argparse.Namespa
         "set -euo pipefail",
         'cd "${SLURM_SUBMIT_DIR:-.}"',
         f"mkdir -p {shlex.quote(str(log_dir))}",
-        f"srun python experiments/ablations/{ablation.name}.py {shlex.join(rerun)} --index $SLURM_ARRAY_TASK_ID",
+        # Slurm >= 22.05: srun no longer passes --cpus-per-task on; one failed task ends the step, none waits
+        f'srun --cpus-per-task="$SLURM_CPUS_PER_TASK" --kill-on-bad-exit=1 python experiments/ablations/'
+        f"{ablation.name}.py {shlex.join(rerun)} --index $SLURM_ARRAY_TASK_ID",
     ]
     return "\n".join(lines) + "\n"
 

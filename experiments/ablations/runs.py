@@ -70,7 +70,7 @@ def measure(module: Any, datamodule: Any, trainer: Any, widths: Sequence[int], l
 
 
 def metrics_record(results: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    iou = [None if math.isnan(v) else v for v in results["IoU"].tolist()]
+    iou = [None if math.isnan(v) else v for v in results["IoU"].cpu().tolist()]
     return {**{k: float(results[k]) for k in ("mIoU", "pixel_acc")}, "IoU": dict(zip(names, iou, strict=False))}
 
 

@@ -16,5 +16,7 @@ set -euo pipefail
 RECIPE=${1:?usage: sbatch experiments/launch/slurm.sh RECIPE.yaml [more CLI arguments]}
 shift
 
-srun python -m deeplab_lit fit --config "$RECIPE" --config experiments/configs/_base/trainer_ddp4.yaml \
+# Since Slurm 22.05 srun does not pass --cpus-per-task on to the tasks; --kill-on-bad-exit ends every task when one
+# fails, where the others would wait in NCCL until its timeout.
+srun --cpus-per-task="$SLURM_CPUS_PER_TASK" --kill-on-bad-exit=1 python -m deeplab_lit fit --config "$RECIPE" --config experiments/configs/_base/trainer_ddp4.yaml \
     --trainer.num_nodes "$SLURM_NNODES" --trainer.devices "$SLURM_NTASKS_PER_NODE" "$@"

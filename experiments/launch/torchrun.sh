@@ -8,7 +8,17 @@ set -euo pipefail
 RECIPE=${1:?usage: [MASTER=host] [NNODES=n] [GPUS=g] experiments/launch/torchrun.sh RECIPE.yaml [more CLI arguments]}
 shift
 NNODES=${NNODES:-1}
-GPUS=${GPUS:-$(nvidia-smi --list-gpus | wc -l)}
+if [[ -z "${GPUS:-}" ]]; then  # the GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else all of them
+    if [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
+        GPUS=$(tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -c '[^[:space:]]' || true)
+    else
+        GPUS=$(nvidia-smi --list-gpus | wc -l)
+    fi
+fi
+if (( GPUS < 1 )); then
+    echo "no GPU visible (CUDA_VISIBLE_DEVICES='${CUDA_VISIBLE_DEVICES:-}'); set GPUS or CUDA_VISIBLE_DEVICES" >&2
+    exit 1
+fi
 MASTER=${MASTER:-localhost}
 
 torchrun --nnodes "$NNODES" --nproc-per-node "$GPUS" \
