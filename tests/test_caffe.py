@@ -1,0 +1,119 @@
+"""The DeepLab V1/V2 Caffe releases: the .caffemodel reader, strict conversion, and output parity with reference
+forward passes that follow the releases' prototxts (tests/caffe_reference.py), on files written in the real format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from caffe_reference import (  # noqa: I001
+    aspp_vgg_reference,
+    caffe_input,
+    largefov_layers,
+    largefov_reference,
+    resnet_layers,
+    resnet_msc_reference,
+    aspp_vgg_layers,
+    write_caffemodel,
+)
+from deeplab_lit.data.transforms import EvalPreset
+from deeplab_lit.errors import CheckpointError
+from deeplab_lit.nets import MSC, DeepLabV1Net, DeepLabV2Net
+from deeplab_lit.nets.caffe_convert import load_caffemodel
+from deeplab_lit.nets.caffe_model import read_caffemodel
+
+OFFICIAL = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "official"
+SIZES = [(65, 65), (97, 129)]
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _our_input(rgb: np.ndarray, config: str) -> torch.Tensor:
+    """The image as our datamodule normalises it with the official config's mean and std."""
+    data = yaml.safe_load((OFFICIAL / config).read_text())["data"]["init_args"]
+    image = torch.from_numpy(rgb.transpose(2, 0, 1).copy())
+    from torchvision import tv_tensors
+
+    return EvalPreset(data["mean"], data["std"])(tv_tensors.Image(image))[None]
+
+
+def _check(net: torch.nn.Module, reference, layers: dict, config: str) -> float:
+    worst = 0.0
+    for h, w in SIZES:
+        rgb = _image(h, w)
+        with torch.no_grad():
+            ours = net(_our_input(rgb, config))["out"].double()
+        ref = reference(caffe_input(rgb), layers)[..., :h, :w]
+        assert ours.shape == ref.shape
+        worst = max(worst, (ours - ref).abs().max().item())
+    return worst
+
+
+def test_reader_both_formats_and_shapes(tmp_path):
+    rng = np.random.default_rng(0)
+    blobs = [("conv", "Convolution", [rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+                                      rng.standard_normal(4).astype(np.float32)]), ("relu", "ReLU", [])]  # fmt: skip
+    for legacy in (False, True):
+        layers = read_caffemodel(write_caffemodel(tmp_path / f"m{legacy}.caffemodel", blobs, legacy))
+        assert list(layers) == ["conv", "relu"] and layers["relu"] == []
+        assert layers["conv"][0].shape == (4, 3, 3, 3)
+        np.testing.assert_array_equal(layers["conv"][0], blobs[0][2][0])
+        assert layers["conv"][1].shape == ((1, 1, 1, 4) if legacy else (4,))
+
+
+def test_truncated_file_names_the_file(tmp_path):
+    path = write_caffemodel(tmp_path / "m.caffemodel", largefov_layers(np.random.default_rng(0))[:3])
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match=r"m\.caffemodel is truncated"):
+        read_caffemodel(path)
+
+
+@pytest.fixture(scope="module")
+def largefov(tmp_path_factory):
+    layers = largefov_layers(np.random.default_rng(1))
+    path = write_caffemodel(tmp_path_factory.mktemp("v1") / "train2_iter_8000.caffemodel", layers, legacy=True)
+    return path, {n: b for n, _, b in layers}
+
+
+def _largefov_net(num_classes: int = 21) -> DeepLabV1Net:
+    return DeepLabV1Net(num_classes, backbone="vgg16_caffe", pool5_avg=True, interp="caffe").eval()
+
+
+def test_largefov_parity(largefov):
+    net = _largefov_net()
+    load_caffemodel(net, largefov[0])
+    assert _check(net, largefov_reference, largefov[1], "deeplabv1_largefov_caffe-voc12.yaml") < 1e-4
+
+
+def test_aspp_vgg16_parity(tmp_path):
+    layers = aspp_vgg_layers(np.random.default_rng(2))
+    path = write_caffemodel(tmp_path / "train2_iter_20000.caffemodel", layers)
+    net = DeepLabV2Net(21, backbone="vgg16_caffe", interp="caffe").eval()
+    load_caffemodel(net, path)
+    blobs = {n: b for n, _, b in layers}
+    assert _check(net, aspp_vgg_reference, blobs, "deeplabv2_vgg16-aspp-l_caffe-voc12.yaml") < 1e-4
+
+
+def test_resnet101_msc_parity(tmp_path):
+    layers = resnet_layers(np.random.default_rng(3))
+    # the MSC branches' copies of shared layers, as Caffe writes them
+    copies = [(f"{n}_res{s}", t, b) for n, t, b in layers if n in ("conv1", "fc1_voc12_c0") for s in ("075", "05")]
+    path = write_caffemodel(tmp_path / "train2_iter_20000.caffemodel", layers + copies)
+    net = MSC(DeepLabV2Net(21, backbone="resnet101_caffe", interp="caffe"), scales=(0.75, 0.5)).eval()
+    load_caffemodel(net, path)
+    blobs = {n: b for n, _, b in layers}
+    config = "deeplabv2_resnet101-msc_caffe-voc12.yaml"
+    for h, w in SIZES:
+        rgb = _image(h, w)
+        with torch.no_grad():
+            ours = net(_our_input(rgb, config))
+        single, fused = resnet_msc_reference(caffe_input(rgb), blobs)
+        assert (ours["scales"][0].double() - single[..., :h, :w]).abs().max() < 1e-4
+        assert (ours["out"].double() - fused[..., :h, :w]).abs().max() < 1e-4
