@@ -299,4 +299,12 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["BACKBONES", "CAFFE_BACKBONES", "Backbone", "build_backbone", "count_parameters", "dilation_plan", "set_dilation"]
+__all__ = [
+    "BACKBONES",
+    "CAFFE_BACKBONES",
+    "Backbone",
+    "build_backbone",
+    "count_parameters",
+    "dilation_plan",
+    "set_dilation",
+]
