@@ -115,8 +115,9 @@ def caffe_state_dict(
     for name in with_blobs:
         copy = _MSC_COPY.match(name)
         if copy and copy[1] in mapping:  # MSC branch of a shared layer: must be the same weights
-            same = len(layers[name]) == len(layers[copy[1]]) and all(
-                a.shape == b.shape and np.array_equal(a, b) for a, b in zip(layers[name], layers[copy[1]])
+            ours, theirs = layers[name], layers[copy[1]]
+            same = len(ours) == len(theirs) and all(
+                a.shape == b.shape and np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True)
             )
             if not same:
                 problems.append(f"{name} differs from {copy[1]}, whose weights it shares")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..inference import V1_CRF, V2_CRF, CRFParams
-from ..nets.caffe_semantics import Interp
 from ..nets import DeepLabV1Net, DeepLabV2Net, DeepLabV3Net, DeepLabV3PlusNet
+from ..nets.caffe_semantics import Interp
 from .segmentation import SegmentationModule
 
 
