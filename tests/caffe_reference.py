@@ -126,7 +126,7 @@ def resnet_layers(rng: np.random.Generator, classes: int = 21, tag: str = "_voc1
     return out
 
 
-# -- Caffe's layers, written out ----------------------------------------------------------------------------------------
+# -- Caffe's layers, written out --------------------------------------------------------------------------------------
 def _t(blob: np.ndarray) -> Tensor:
     return torch.from_numpy(blob).double()
 

@@ -10,22 +10,24 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-from caffe_reference import (  # noqa: I001
+from caffe_reference import (
+    aspp_vgg_layers,
     aspp_vgg_reference,
     caffe_input,
     largefov_layers,
     largefov_reference,
     resnet_layers,
     resnet_msc_reference,
-    aspp_vgg_layers,
     write_caffemodel,
 )
+from torchvision import tv_tensors
+
 from deeplab_lit.data.transforms import EvalPreset
 from deeplab_lit.errors import CheckpointError
 from deeplab_lit.nets import MSC, DeepLabV1Net, DeepLabV2Net
-from deeplab_lit.nets.caffe_convert import load_caffemodel
+from deeplab_lit.nets.caffe_convert import caffe_state_dict, load_caffemodel
 from deeplab_lit.nets.caffe_model import read_caffemodel
+from deeplab_lit.systems import DeepLabV2
 
 OFFICIAL = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "official"
 SIZES = [(65, 65), (97, 129)]
@@ -39,8 +41,6 @@ def _our_input(rgb: np.ndarray, config: str) -> torch.Tensor:
     """The image as our datamodule normalises it with the official config's mean and std."""
     data = yaml.safe_load((OFFICIAL / config).read_text())["data"]["init_args"]
     image = torch.from_numpy(rgb.transpose(2, 0, 1).copy())
-    from torchvision import tv_tensors
-
     return EvalPreset(data["mean"], data["std"])(tv_tensors.Image(image))[None]
 
 
@@ -77,21 +77,40 @@ def test_truncated_file_names_the_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def largefov(tmp_path_factory):
+    """The V1 release's layers with random blobs, written in the legacy ``layers`` format, and a network for them."""
     layers = largefov_layers(np.random.default_rng(1))
     path = write_caffemodel(tmp_path_factory.mktemp("v1") / "train2_iter_8000.caffemodel", layers, legacy=True)
-    return path, {n: b for n, _, b in layers}
-
-
-def _largefov_net(num_classes: int = 21) -> DeepLabV1Net:
-    return DeepLabV1Net(num_classes, backbone="vgg16_caffe", pool5_avg=True, interp="caffe").eval()
+    net = DeepLabV1Net(21, backbone="vgg16_caffe", pool5_avg=True, interp="caffe").eval()
+    return path, {n: b for n, _, b in layers}, net
 
 
 def test_largefov_parity(largefov):
-    net = _largefov_net()
-    load_caffemodel(net, largefov[0])
-    assert _check(net, largefov_reference, largefov[1], "deeplabv1_largefov_caffe-voc12.yaml") < 1e-4
+    path, blobs, net = largefov
+    load_caffemodel(net, path)
+    assert _check(net, largefov_reference, blobs, "deeplabv1_largefov_caffe-voc12.yaml") < 1e-4
 
 
+def _refused(layers: dict, net, arch: str = "deeplabv1_largefov") -> str:
+    with pytest.raises(CheckpointError) as err:
+        caffe_state_dict(layers, arch, net, "release.caffemodel")
+    assert "release.caffemodel" in str(err.value)
+    return str(err.value)
+
+
+def test_bad_files_are_refused_with_the_layers_named(largefov):
+    _, blobs, net = largefov
+    small = [np.zeros((2, 2, 1, 1), np.float32)]
+    assert "missing layers (1): conv3_2" in _refused({k: v for k, v in blobs.items() if k != "conv3_2"}, net)
+    assert "unexpected layers (1): fc9" in _refused({**blobs, "fc9": small}, net)
+    wrong = {**blobs, "fc8_voc12": [np.zeros((91, 1024, 1, 1), np.float32), np.zeros(91, np.float32)]}
+    assert "fc8_voc12 has 91 classes, the network 21" in _refused(wrong, net)
+    message = _refused({"conv1": small, "res4b22_branch2c": small}, net)  # another architecture's file
+    assert "conv1_1" in message and "res4b22_branch2c" in message and "looks like a deeplabv2_resnet101" in message
+    no_bias = {**blobs, "fc7": blobs["fc7"][:1]}
+    assert "fc.fc7.bias of DeepLabV1Net gets no weight" in _refused(no_bias, net)
+
+
+@pytest.mark.slow
 def test_aspp_vgg16_parity(tmp_path):
     layers = aspp_vgg_layers(np.random.default_rng(2))
     path = write_caffemodel(tmp_path / "train2_iter_20000.caffemodel", layers)
@@ -101,6 +120,7 @@ def test_aspp_vgg16_parity(tmp_path):
     assert _check(net, aspp_vgg_reference, blobs, "deeplabv2_vgg16-aspp-l_caffe-voc12.yaml") < 1e-4
 
 
+@pytest.mark.slow
 def test_resnet101_msc_parity(tmp_path):
     layers = resnet_layers(np.random.default_rng(3))
     # the MSC branches' copies of shared layers, as Caffe writes them
@@ -117,3 +137,20 @@ def test_resnet101_msc_parity(tmp_path):
         single, fused = resnet_msc_reference(caffe_input(rgb), blobs)
         assert (ours["scales"][0].double() - single[..., :h, :w]).abs().max() < 1e-4
         assert (ours["out"].double() - fused[..., :h, :w]).abs().max() < 1e-4
+
+    # a copy of a shared layer that differs from it is refused
+    blobs["conv1_res05"] = [blobs["conv1"][0] + 1]
+    with pytest.raises(CheckpointError, match="conv1_res05 differs from conv1"):
+        caffe_state_dict(blobs, "deeplabv2_resnet101", net.net, path)
+
+
+@pytest.mark.slow
+def test_resnet101_coco_init_fine_tunes(tmp_path):
+    """The COCO-init release (91 classes, classifiers fc1_c0..3) starts a 21-class DeepLabV2 with new classifiers."""
+    path = write_caffemodel(tmp_path / "init.caffemodel", resnet_layers(np.random.default_rng(4), 91, tag=""))
+    kwargs = {"backbone": "resnet101_caffe", "interp": "caffe", "init_from": str(path)}
+    with pytest.raises(CheckpointError, match="fc1_c0 has 91 classes, the network 21"):
+        DeepLabV2(**kwargs)
+    model = DeepLabV2(**kwargs, reset_classifier=True)
+    layers = read_caffemodel(path)
+    torch.testing.assert_close(model.net.backbone.layer4[2].conv3.weight, torch.from_numpy(layers["res5c_branch2c"][0]))
