@@ -4,6 +4,10 @@ forward passes that follow the releases' prototxts (tests/caffe_reference.py), o
 
 from __future__ import annotations
 
+import csv
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +24,12 @@ from caffe_reference import (
     resnet_msc_reference,
     write_caffemodel,
 )
+from test_voc import write_pair
 from torchvision import tv_tensors
 
 from deeplab_lit.data.transforms import EvalPreset
 from deeplab_lit.errors import CheckpointError
+from deeplab_lit.inference import V1_CRF, V2_CRF, CRFParams
 from deeplab_lit.nets import MSC, DeepLabV1Net, DeepLabV2Net
 from deeplab_lit.nets.caffe_convert import caffe_state_dict, load_caffemodel
 from deeplab_lit.nets.caffe_model import read_caffemodel
@@ -154,3 +160,35 @@ def test_resnet101_coco_init_fine_tunes(tmp_path):
     model = DeepLabV2(**kwargs, reset_classifier=True)
     layers = read_caffemodel(path)
     torch.testing.assert_close(model.net.backbone.layer4[2].conv3.weight, torch.from_numpy(layers["res5c_branch2c"][0]))
+
+
+def test_official_configs_use_the_released_crf():
+    for config, default in (("deeplabv1_largefov_caffe-voc12.yaml", V1_CRF),
+                            ("deeplabv2_resnet101-msc_caffe-voc12.yaml", V2_CRF)):  # fmt: skip
+        crf = yaml.safe_load((OFFICIAL / config).read_text())["model"]["init_args"]["crf"]
+        assert CRFParams(**crf) == default
+
+
+@pytest.mark.slow
+def test_official_command_reports_before_and_after_crf(largefov, tmp_path):
+    """The documented command, as a user types it, on a tiny VOC tree: both mIoUs of the paper's pair."""
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    (root / "ImageSets/Segmentation/val.txt").write_text("2007_000033\n2007_000042\n")
+    for name in ("2007_000033", "2007_000042"):
+        write_pair(root, name, (40, 48), rng)
+    config = OFFICIAL / "deeplabv1_largefov_caffe-voc12.yaml"
+    args = ["--config", str(config), "--model.init_args.init_from", str(largefov[0]),
+            "--data.init_args.root", str(tmp_path / "VOCdevkit"), "--data.init_args.num_workers", "0",
+            "--model.init_args.crf_workers", "0", "--trainer.accelerator", "cpu"]  # fmt: skip
+    command = [sys.executable, "-m", "deeplab_lit", "test", *args]
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(next((tmp_path / "runs").rglob("metrics.csv"))) as f:
+        logged = [{k: v for k, v in row.items() if v} for row in csv.DictReader(f)]
+    logged = {k: float(v) for row in logged for k, v in row.items() if k.endswith("mIoU")}
+    assert {"test/before_crf/mIoU", "test/mIoU"} <= set(logged)
+    after = json.loads(next(tmp_path.rglob("test_metrics.json")).read_text())["mIoU"]
+    assert after == pytest.approx(logged["test/mIoU"])
