@@ -52,9 +52,9 @@ def _layer_map(arch: str, classifiers: dict[str, str]) -> dict[str, tuple[str, s
         out = {c: ("conv", f"backbone.features.{i}") for c, i in zip(_VGG_CONVS, _VGG_INDICES, strict=True)}
         if arch == "deeplabv1_largefov":
             out.update({"fc6": ("conv", "fc.fc6"), "fc7": ("conv", "fc.fc7")})
-        for k in range(1, 5):
-            out.update({f"fc6_{k}": ("conv", f"aspp.branches.{k - 1}.0.fc6")} if arch == "deeplabv2_vgg16" else {})
-            out.update({f"fc7_{k}": ("conv", f"aspp.branches.{k - 1}.0.fc7")} if arch == "deeplabv2_vgg16" else {})
+        else:  # one fc6 -> fc7 -> fc8 stack per ASPP rate
+            for k in range(1, 5):
+                out.update({f"fc{i}_{k}": ("conv", f"aspp.branches.{k - 1}.0.fc{i}") for i in (6, 7)})
     else:
         out = {"conv1": ("conv", "backbone.conv1"), "bn_conv1": ("bn", "backbone.bn1")}
         out["scale_conv1"] = ("scale", "backbone.bn1")
@@ -111,7 +111,11 @@ def caffe_state_dict(
     classifiers = _classifiers(arch, with_blobs)
     mapping = _layer_map(arch, classifiers)
     own = net.state_dict()
-    state, problems, unexpected = {}, [], []
+    classes = getattr(net, "num_classes", None)
+    wrong = {c: layers[c][0].shape[0] for c in classifiers if layers[c][0].shape[0] != classes}
+    problems = [] if skip_classifiers else [f"{c} has {n} classes, the network {classes}" for c, n in wrong.items()]
+    skipped = set(classifiers) if skip_classifiers else set(wrong)
+    state, unexpected = {}, []
     for name in with_blobs:
         copy = _MSC_COPY.match(name)
         if copy and copy[1] in mapping:  # MSC branch of a shared layer: must be the same weights
@@ -125,13 +129,13 @@ def caffe_state_dict(
         if name not in mapping:
             unexpected.append(name)
             continue
-        if skip_classifiers and name in classifiers:
+        if name in skipped:
             continue
         try:
             state.update(_tensors(*mapping[name], layers[name], name))
         except ValueError as err:
             problems.append(str(err))
-    missing = sorted({layer for layer, (_, prefix) in mapping.items() if layer not in layers or not layers[layer]})
+    missing = sorted(layer for layer in mapping if not layers.get(layer))
     missing += [] if classifiers else [f"{_CLASSIFIERS[arch].pattern} (the classifier)"]
     for key, value in list(state.items()):
         if key not in own:
@@ -141,12 +145,9 @@ def caffe_state_dict(
             problems.append(f"{layer}: {tuple(value.shape)} does not fit {key} {tuple(own[key].shape)}")
         else:
             state[key] = torch.from_numpy(np.ascontiguousarray(value)).reshape(own[key].shape)
-    heads = tuple(f"{p}." for p in classifiers.values()) if skip_classifiers else ()
+    heads = tuple(f"{classifiers[c]}." for c in skipped)
     left = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked") and not k.startswith(heads))
     problems += [f"{k} of {type(net).__name__} gets no weight from the file" for k in left]
-    for c in () if skip_classifiers else classifiers:
-        if layers[c][0].shape[0] != getattr(net, "num_classes", layers[c][0].shape[0]):
-            problems.append(f"{c} has {layers[c][0].shape[0]} classes, the network {net.num_classes}")
     if missing or unexpected or problems:
         parts = [f"{label} ({len(v)}): {', '.join(v[:10])}{' ...' if len(v) > 10 else ''}"
                  for label, v in (("missing layers", missing), ("unexpected layers", unexpected),
