@@ -133,7 +133,7 @@ def test_crf_params_validation_names_the_field(field, value, error) -> None:
 
 def test_crf_params_defaults() -> None:
     assert (V1_CRF.w2, V1_CRF.sigma_gamma, V1_CRF.iterations) == (3.0, 3.0, 10)
-    assert (V2_CRF.w2, V2_CRF.sigma_gamma, V2_CRF.iterations) == (3.0, 3.0, 10)
+    assert (V2_CRF.w2, V2_CRF.sigma_gamma, V2_CRF.iterations) == (3.0, 1.0, 10)  # the release's pos_xy_std
     assert (V1_CRF.w1, V1_CRF.sigma_alpha, V1_CRF.sigma_beta) == (4.0, 121.0, 5.0)
     assert (V2_CRF.w1, V2_CRF.sigma_alpha, V2_CRF.sigma_beta) == (4.0, 67.0, 3.0)
     assert CRFParams(w1=1, sigma_alpha=1, sigma_beta=1, w2=0, sigma_gamma=1).iterations == 10

@@ -265,6 +265,7 @@ class Xception65Backbone(Backbone):
 
 
 BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "xception65")
+CAFFE_BACKBONES = ("vgg16_caffe", "resnet101_caffe")  # the DeepLab V1/V2 releases' layouts (caffe_semantics.py)
 
 
 def build_backbone(
@@ -278,6 +279,10 @@ def build_backbone(
         backbone: Backbone = ResNetBackbone(name, output_stride, multi_grid)
     elif multi_grid is not None:
         raise ValueError(f"multi_grid applies to ResNet backbones only, not {name!r}")
+    elif name in CAFFE_BACKBONES:
+        from .caffe_semantics import CaffeResNetBackbone, CaffeVGG16Backbone  # imports this module
+
+        backbone = CaffeVGG16Backbone(output_stride) if name == "vgg16_caffe" else CaffeResNetBackbone(output_stride)
     elif name == "vgg16":
         backbone = VGG16Backbone(output_stride)
     elif name == "mobilenet_v2":
@@ -285,8 +290,8 @@ def build_backbone(
     elif name == "xception65":
         backbone = Xception65Backbone(output_stride)
     else:
-        raise ValueError(f"unknown backbone {name!r}; choose from {BACKBONES}")
-    rest = backbone.load_imagenet(weights, name) if weights else {}
+        raise ValueError(f"unknown backbone {name!r}; choose from {BACKBONES + CAFFE_BACKBONES}")
+    rest = backbone.load_imagenet(weights, name.removesuffix("_caffe")) if weights else {}
     return backbone, rest
 
 
@@ -294,4 +299,12 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["BACKBONES", "Backbone", "build_backbone", "count_parameters", "dilation_plan", "set_dilation"]
+__all__ = [
+    "BACKBONES",
+    "CAFFE_BACKBONES",
+    "Backbone",
+    "build_backbone",
+    "count_parameters",
+    "dilation_plan",
+    "set_dilation",
+]

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .aspp import ASPP, ASPPv2, AtrousFC, ConvBNReLU, classifier_conv, scale_rates
-from .backbones import Backbone, Features, build_backbone
+from .backbones import Backbone, Features, VGG16Backbone, build_backbone
+from .caffe_semantics import Interp, caffe_zoom, check_interp
 from .cascade import CascadedBlocks
 from .decoder import Decoder
 from .weights import decimate_vgg_fc, load_checked
@@ -45,6 +46,7 @@ class DeepLabNet(nn.Module):
     """Shared parts: the backbone, the optional aux head, output-stride switching, the forward pass."""
 
     backbone: Backbone
+    interp: Interp = "bilinear"  # "caffe": the Caffe releases' Interp layer (caffe_semantics.py)
 
     def _init_backbone(
         self,
@@ -79,10 +81,18 @@ class DeepLabNet(nn.Module):
     def logits(self, feats: Features) -> Tensor:
         raise NotImplementedError
 
+    def stride_logits(self, x: Tensor) -> Tensor:
+        """Logits at the output stride, before any upsampling: (B, classes, H/OS, W/OS)."""
+        return self.logits(self.backbone(x))
+
+    def upsample(self, logits: Tensor, size: Sequence[int]) -> Tensor:
+        """Logits to the input size: bilinear (``align_corners=False``), or Caffe's ``Interp`` zoom and crop."""
+        return caffe_zoom(logits, size, self.output_stride) if self.interp == "caffe" else upsample_to(logits, size)
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         size = x.shape[-2:]
         feats = self.backbone(x)
-        out = {"out": upsample_to(self.logits(feats), size)}  # (B, classes, H, W)
+        out = {"out": self.upsample(self.logits(feats), size)}  # (B, classes, H, W)
         if self.aux_classifier is not None:
             out["aux"] = upsample_to(self.aux_classifier(feats["mid"]), size)
         return out
@@ -99,6 +109,8 @@ class DeepLabV1Net(DeepLabNet):
 
     ``fc_rate`` is given at OS 8. ``msc_features`` adds V1's multi-scale features: the input and
     pool1–pool4 each pass a 3x3 (128) and a 1x1 (128) conv, and the 640 channels join fc7's output.
+    ``pool5_avg`` adds the released LargeFOV's 3x3 average pooling (stride 1) between pool5 and fc6;
+    ``interp="caffe"`` upsamples as its ``Interp`` layer.
     """
 
     def __init__(
@@ -113,10 +125,14 @@ class DeepLabV1Net(DeepLabNet):
         msc_features: bool = False,
         backbone_weights: str | None = None,
         aux: bool = False,
+        pool5_avg: bool = False,
+        interp: Interp = "bilinear",
     ) -> None:
         super().__init__()
         rest = self._init_backbone(num_classes, backbone, output_stride, None, backbone_weights, aux)
-        if msc_features and backbone != "vgg16":
+        self.interp = check_interp(interp)
+        self.pool5a = nn.AvgPool2d(3, stride=1, padding=1) if pool5_avg else nn.Identity()
+        if msc_features and not isinstance(self.backbone, VGG16Backbone):
             raise ValueError(f"msc_features taps VGG16's pooling layers; backbone {backbone!r} has none")
         self.fc_rate = fc_rate
         self.fc = AtrousFC(
@@ -154,15 +170,21 @@ class DeepLabV1Net(DeepLabNet):
         if self.msc is None:
             return super().forward(x)
         stages = self.backbone.stages(x)  # input, pool1 … pool5
-        y = self.fc(stages[-1])  # (B, 1024, H/8, W/8)
-        y = torch.cat([y] + [branch(s) for branch, s in zip(self.msc, stages[:5], strict=True)], dim=1)
-        out = {"out": upsample_to(self.classifier(y), x.shape[-2:])}  # (B, classes, H, W)
+        out = {"out": self.upsample(self._msc_logits(stages), x.shape[-2:])}  # (B, classes, H, W)
         if self.aux_classifier is not None:
             out["aux"] = upsample_to(self.aux_classifier(stages[4]), x.shape[-2:])
         return out
 
+    def _msc_logits(self, stages: list[Tensor]) -> Tensor:
+        y = self.fc(self.pool5a(stages[-1]))  # (B, 1024, H/8, W/8)
+        y = torch.cat([y] + [branch(s) for branch, s in zip(self.msc, stages[:5], strict=True)], dim=1)
+        return self.classifier(y)
+
+    def stride_logits(self, x: Tensor) -> Tensor:
+        return super().stride_logits(x) if self.msc is None else self._msc_logits(self.backbone.stages(x))
+
     def logits(self, feats: Features) -> Tensor:
-        return self.classifier(self.fc(feats["out"]))
+        return self.classifier(self.fc(self.pool5a(feats["out"])))
 
 
 class DeepLabV2Net(DeepLabNet):
@@ -170,7 +192,8 @@ class DeepLabV2Net(DeepLabNet):
 
     ``rates`` (at OS 8): ASPP-L (6, 12, 18, 24) by default, ASPP-S (2, 4, 8, 12), LargeFOV (12,).
     ``fc_channels``: None gives the paper's models (1024-channel fc6/fc7 per branch on VGG16, one
-    3x3 classifier per rate on ResNet); 0 or a width chooses explicitly.
+    3x3 classifier per rate on ResNet); 0 or a width chooses explicitly. ``interp="caffe"`` upsamples as
+    the Caffe release's ``Interp`` layer (and makes ``MSC`` fuse as the release).
     """
 
     def __init__(
@@ -183,11 +206,13 @@ class DeepLabV2Net(DeepLabNet):
         fc_channels: int | None = None,
         backbone_weights: str | None = None,
         aux: bool = False,
+        interp: Interp = "bilinear",
     ) -> None:
         super().__init__()
         rest = self._init_backbone(num_classes, backbone, output_stride, None, backbone_weights, aux)
+        self.interp = check_interp(interp)
         if fc_channels is None:
-            fc_channels = 1024 if backbone == "vgg16" else 0
+            fc_channels = 1024 if isinstance(self.backbone, VGG16Backbone) else 0
         self.aspp = ASPPv2(self.backbone.out_channels, num_classes, rates, fc_channels, 8, output_stride)
         if fc_channels:
             for branch in self.aspp.branches:

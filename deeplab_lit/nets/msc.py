@@ -10,13 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .caffe_semantics import caffe_multi_scale_forward
 from .deeplab import upsample_to
 
 
 def multi_scale_forward(net: nn.Module, x: Tensor, scales: Sequence[float]) -> dict[str, Tensor]:
     """``net`` at scale 1 and at ``scales``: ``"out"`` is the pixel-wise max (V2 §4.1, Table 4), ``"scales"``
-    every scale's logits at the input size, so training can put a loss on each.
+    every scale's logits at the input size, so training can put a loss on each. A network with
+    ``interp="caffe"`` resizes and fuses as the Caffe release instead.
     """
+    if getattr(net, "interp", None) == "caffe":
+        return caffe_multi_scale_forward(net, x, scales)
     out = dict(net(x))
     logits = [out["out"]]
     for s in scales:

@@ -11,12 +11,14 @@ from typing import Any
 
 from ..inference import V1_CRF, V2_CRF, CRFParams
 from ..nets import DeepLabV1Net, DeepLabV2Net, DeepLabV3Net, DeepLabV3PlusNet
+from ..nets.caffe_semantics import Interp
 from .segmentation import SegmentationModule
 
 
 class DeepLabV1(SegmentationModule):
     """DeepLab-LargeFOV (V1): VGG16 at OS 8, fc6 3x3 rate 12 with 1024 channels; lr 1e-3, wd 5e-4 (V1 §4.1);
-    evaluated with the dense CRF (``crf: null`` turns it off).
+    evaluated with the dense CRF (``crf: null`` turns it off). ``backbone: vgg16_caffe``, ``pool5_avg`` and
+    ``interp: caffe`` build the Caffe release's network (``experiments/configs/official/``).
     """
 
     def __init__(
@@ -30,6 +32,8 @@ class DeepLabV1(SegmentationModule):
         msc_features: bool = False,
         backbone_weights: str | None = None,
         aux: bool = False,
+        pool5_avg: bool = False,
+        interp: Interp = "bilinear",
         lr: float = 1e-3,
         weight_decay: float = 5e-4,
         crf: CRFParams | None = V1_CRF,
@@ -45,6 +49,8 @@ class DeepLabV1(SegmentationModule):
             msc_features=msc_features,
             backbone_weights=backbone_weights,
             aux=aux,
+            pool5_avg=pool5_avg,
+            interp=interp,
         )
         super().__init__(net, num_classes=num_classes, lr=lr, weight_decay=weight_decay, crf=crf, **kwargs)
 
@@ -63,6 +69,7 @@ class DeepLabV2(SegmentationModule):
         fc_channels: int | None = None,
         backbone_weights: str | None = None,
         aux: bool = False,
+        interp: Interp = "bilinear",
         msc_scales: tuple[float, ...] | None = (0.75, 0.5),
         lr: float = 2.5e-4,
         weight_decay: float = 5e-4,
@@ -77,6 +84,7 @@ class DeepLabV2(SegmentationModule):
             fc_channels=fc_channels,
             backbone_weights=backbone_weights,
             aux=aux,
+            interp=interp,
         )
         super().__init__(
             net, num_classes=num_classes, msc_scales=msc_scales, lr=lr, weight_decay=weight_decay, crf=crf, **kwargs

@@ -27,6 +27,7 @@ from ..inference import TTA, CRFParams, CRFPool
 from ..inference.exported import load_exported
 from ..metrics import SegmentationMetrics
 from ..nets import DeepLabNet, convert_torchvision_deeplabv3, load_checked, upsample_to
+from ..nets.caffe_convert import read_caffe_state_dict
 from ..nets.msc import check_scales, multi_scale_forward
 from ..nets.weights import read_state_dict
 from .device import check_deterministic, set_cudnn_benchmark
@@ -163,9 +164,13 @@ class SegmentationModule(L.LightningModule):
     def load_network(self, source: str, reset_classifier: bool = False) -> None:
         """Load network weights from a Lightning checkpoint, a network state dict or torchvision's DeepLabV3.
 
-        A different class count is an error unless ``reset_classifier`` re-initialises the classifiers.
+        A different class count is an error unless ``reset_classifier`` re-initialises the classifiers. A Caffe
+        ``.caffemodel`` of the V1/V2 releases loads into a network built as in ``experiments/configs/official/``.
         """
-        state = read_state_dict(source, "deeplab")
+        if str(source).endswith(".caffemodel"):
+            state = read_caffe_state_dict(self.net, source, skip_classifiers=reset_classifier)
+        else:
+            state = read_state_dict(source, "deeplab")
         if any(k.startswith("net.") for k in state):
             state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
         elif any(k.startswith("classifier.0.convs.") for k in state):
