@@ -10,8 +10,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
@@ -19,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
+from .batching import ItemLists, SizeGroupedSampler, stack_pairs
 from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CityscapesSegmentation, to_label_ids
 from .folder import FolderSegmentation
 from .sbd import TrainAugSegmentation
@@ -60,18 +59,6 @@ class SeededSampler(DistributedSampler):
     def __iter__(self):
         for index in super().__iter__():
             yield index, int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
-
-
-def pad_collate(batch: Sequence[tuple[Tensor, Tensor]], ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
-    """Stack (image, mask) pairs, padding different sizes right/bottom (image 0, mask ``ignore_index``).
-
-    Padded pixels are ignored by the loss and the metrics, so batching never changes a metric.
-    """
-    h = max(img.shape[-2] for img, _ in batch)
-    w = max(img.shape[-1] for img, _ in batch)
-    images = [F.pad(img, (0, w - img.shape[-1], 0, h - img.shape[-2])) for img, _ in batch]
-    masks = [F.pad(m, (0, w - m.shape[-1], 0, h - m.shape[-2]), value=ignore_index) for _, m in batch]
-    return torch.stack(images), torch.stack(masks)  # (B, 3, H, W), (B, H, W)
 
 
 def list_images(path: str | Path) -> list[Path]:
@@ -171,20 +158,19 @@ class SegmentationDataModule(L.LightningDataModule):
             photometric=self.photometric,
         )
 
-    def _sampler(self, dataset: Dataset, train: bool) -> Sampler | None:
+    def _sampler(self, dataset: Dataset, train: bool) -> Sampler:
         """Training: a :class:`SeededSampler` (a ``DistributedSampler``, shuffled and padded so every process runs
-        as many steps; one process is a world of one). Evaluation, when several processes run (``None`` in one):
-        ``UnrepeatedDistributedSampler``, which gives each image to exactly one process, where Lightning's own
-        sampler pads the split with repeated images that the metrics would count twice. Per-process batch counts
-        may then differ by one: safe, as the metrics and the logged loss are reduced once, at epoch end. Lightning
-        keeps a loader whose sampler is already a ``DistributedSampler``, so this holds whatever
-        ``use_distributed_sampler`` is; predict is left to Lightning, which already splits it without repeats.
+        as many steps; one process is a world of one). Evaluation: a :class:`SizeGroupedSampler`, which gives each
+        image to exactly one process (Lightning's own sampler pads the split with repeated images that the metrics
+        would count twice) and batches only images of one size, so no image is padded. Lightning keeps a loader
+        whose sampler is already a ``DistributedSampler``, so this holds whatever ``use_distributed_sampler`` is;
+        predict is left to Lightning, which already splits it without repeats.
         """
         trainer = self.trainer
         several = trainer is not None and trainer.world_size > 1
         kwargs = trainer.distributed_sampler_kwargs if several else {"num_replicas": 1, "rank": 0}
         if not train:
-            return UnrepeatedDistributedSampler(dataset, shuffle=False, **kwargs) if several else None
+            return SizeGroupedSampler(dataset, self.val_batch_size, **kwargs)
         seed = int(os.getenv("PL_GLOBAL_SEED", 0))  # as Lightning's sampler: seed_everything sets it
         shuffle = trainer is None or not trainer.overfit_batches
         sampler = SeededSampler(dataset, shuffle=shuffle, seed=seed, drop_last=False, **kwargs)
@@ -205,29 +191,28 @@ class SegmentationDataModule(L.LightningDataModule):
             message += f" (× {k} accumulated = {self.batch_size * trainer.world_size * k} per optimizer step)"
         rank_zero_info(message)
 
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset, train: bool = False) -> DataLoader:
         sampler = self._sampler(dataset, train)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            drop_last=train,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            collate_fn=pad_collate,
-        )
+        common = {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+            "collate_fn": stack_pairs,
+        }
+        if train:
+            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True, **common)
+        # the sampler yields whole batches (index lists of one image size): no automatic batching
+        return DataLoader(ItemLists(dataset), batch_size=None, sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         self._log_batch_size()
-        return self._loader(Transformed(self.dataset("train"), self.train_transform()), self.batch_size, True)
+        return self._loader(Transformed(self.dataset("train"), self.train_transform()), train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(Transformed(self.dataset("val"), EvalPreset(self.mean, self.std)), self.val_batch_size)
+        return self._loader(Transformed(self.dataset("val"), EvalPreset(self.mean, self.std)))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(Transformed(self.dataset("test"), EvalPreset(self.mean, self.std)), self.val_batch_size)
+        return self._loader(Transformed(self.dataset("test"), EvalPreset(self.mean, self.std)))
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_path is None:
