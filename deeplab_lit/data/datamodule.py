@@ -11,19 +11,18 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as TF
 
+from ..errors import DataError
 from .batching import ItemLists, SizeGroupedSampler, stack_pairs
 from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CityscapesSegmentation, to_label_ids
 from .folder import FolderSegmentation
 from .sbd import TrainAugSegmentation
 from .shapes import ShapesDataset, check_shapes, shapes_palette
 from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset
-from .voc import IMAGE_SUFFIXES, VOC_CLASSES, VOCSegmentation, voc_palette
+from .voc import IMAGE_SUFFIXES, VOC_CLASSES, VOCSegmentation, read_image, voc_palette
 
 
 class Transformed(Dataset):
@@ -74,29 +73,50 @@ def list_images(path: str | Path) -> list[Path]:
     return files
 
 
+def output_names(path: str | Path, files: Sequence[Path]) -> list[str]:
+    """Each input's output name: its path under the predict folder without suffix (``a/x`` for ``a/x.jpg``), or
+    the stem of a single file. Two inputs with one name (``x.jpg`` and ``x.png``) raise ``DataError`` naming both:
+    one's outputs would overwrite the other's.
+    """
+    path = Path(path)
+    names: dict[str, Path] = {}
+    for file in files:
+        name = file.stem if file == path else file.relative_to(path).with_suffix("").as_posix()
+        if name in names:
+            raise DataError(
+                f"{names[name]} and {file} would both be written as {name}.png; rename one or predict them separately"
+            )
+        names[name] = file
+    return list(names)
+
+
 class PredictImages(Dataset):
-    """Images to segment. An unreadable file yields an item with ``error`` set, so the run goes on."""
+    """Images to segment, read as training reads them. An unreadable file yields an item with ``error`` set, so the
+    run goes on; ``name`` is where its outputs go under the output folder (see :func:`output_names`).
+    """
 
     def __init__(self, path: str | Path, mean: Sequence[float], std: Sequence[float]) -> None:
         self.files = list_images(path)
+        self.names = output_names(path, self.files)
         self.transform = EvalPreset(mean, std)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        path = self.files[index]
+        path, name = self.files[index], self.names[index]
         try:
-            with Image.open(path) as im:
-                raw = TF.pil_to_tensor(im.convert("RGB"))  # (3, H, W) uint8
-        except (OSError, UnidentifiedImageError) as err:
+            raw = torch.from_numpy(read_image(path)).permute(2, 0, 1)  # (3, H, W) uint8
+        except DataError as err:
             return {
                 "path": str(path),
-                "error": f"cannot read image: {err}",
+                "name": name,
+                "error": str(err),
                 "image": torch.zeros(3, 1, 1),
                 "raw": torch.zeros(3, 1, 1, dtype=torch.uint8),
             }
-        return {"path": str(path), "error": "", "image": self.transform(tv_tensors.Image(raw)), "raw": raw}
+        image = self.transform(tv_tensors.Image(raw))
+        return {"path": str(path), "name": name, "error": "", "image": image, "raw": raw}
 
 
 class SegmentationDataModule(L.LightningDataModule):

@@ -43,15 +43,36 @@ def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An RGB image (H, W, 3) uint8; grayscale/RGBA/CMYK are converted, unreadable files raise ``DataError``."""
+    """An RGB image (H, W, 3) uint8, the one reader of training, evaluation and predict. Grayscale/RGBA/CMYK are
+    converted; 16-bit grayscale (PNG, TIFF; Pillow modes ``I;16*`` and ``I``) is scaled to 8 bits as value / 257,
+    rounded (65535 → 255), where a plain conversion would clip everything above 255. Pillow itself decodes 16-bit
+    RGB(A) PNGs to their high byte. Floating-point images and values outside [0, 65535] raise ``DataError``, as do
+    unreadable files.
+    """
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("RGB"))
+            if im.mode.startswith("I"):
+                return _sixteen_bit_to_rgb(np.asarray(im), path)
+            if im.mode == "F":
+                raise DataError(
+                    f"image {path} holds floating-point values (mode F), which have no agreed scale; "
+                    "save it with 8 or 16 bits per channel"
+                )
+            return np.array(im.convert("RGB"))  # writable, as torch.from_numpy wants
     except FileNotFoundError:
         raise DataError(f"image {path} is missing") from None
     except (OSError, UnidentifiedImageError, SyntaxError) as err:
         raise DataError(f"image {path} is corrupt or truncated: {err}") from None
+
+
+def _sixteen_bit_to_rgb(values: np.ndarray, path: Path) -> np.ndarray:
+    values = values.astype(np.int64)  # (H, W)
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 65535:
+        raise DataError(f"image {path} has values in [{low}, {high}], outside the 16-bit range [0, 65535]")
+    gray = ((values + 128) // 257).astype(np.uint8)  # round(value / 257) in integers
+    return np.repeat(gray[..., None], 3, axis=2)  # (H, W, 3)
 
 
 def read_label_png(path: Path, palette: list | None = None, num_classes: int = 0) -> np.ndarray:

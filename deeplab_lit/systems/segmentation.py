@@ -327,18 +327,19 @@ class SegmentationModule(L.LightningModule):
 
     # -- prediction ------------------------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """Per image: path, label map (H, W) uint8 or an error message for an unreadable file."""
+        """Per image: path, output name, label map (H, W) uint8 or an error message for an unreadable file."""
         results = []
         for i, path in enumerate(batch["path"]):
             if batch["error"][i]:
-                results.append({"path": path, "error": batch["error"][i]})
+                results.append({"path": path, "name": batch["name"][i], "error": batch["error"][i]})
                 continue
             raw = batch["raw"][i]
             probs = self.tta(self, batch["image"][i : i + 1], raw.shape[-2:])  # (1, C, H, W)
             if self.crf is not None:
                 probs = self.refine([raw], probs, [path])
             labels = probs.argmax(1)[0].to(torch.uint8)
-            results.append({"path": path, "error": "", "labels": labels.cpu(), "image": raw.cpu()})
+            item = {"path": path, "name": batch["name"][i], "error": "", "labels": labels.cpu(), "image": raw.cpu()}
+            results.append(item)
         return results
 
     # -- optimisation ----------------------------------------------------------------------------------------
