@@ -41,7 +41,8 @@ class SizeGroupedSampler(UnrepeatedDistributedSampler):
     """This process's share of an evaluation split (each image to exactly one process, as
     ``UnrepeatedDistributedSampler``), yielded as lists of up to ``batch_size`` indices of images of one size.
 
-    Use with ``DataLoader(ItemLists(dataset), batch_size=None, sampler=...)``. Being a ``DistributedSampler``,
+    Use with ``DataLoader(dataset, batch_size=None, sampler=...)`` and a dataset that takes a list of indices
+    (``Transformed``). Being a ``DistributedSampler``,
     Lightning keeps it under DDP. Per-process batch counts may differ: safe for evaluation, where DDP syncs buffers
     on the first batch only and metrics are reduced once, at epoch end. Sizes are read once, on first use.
     """
@@ -68,19 +69,6 @@ class SizeGroupedSampler(UnrepeatedDistributedSampler):
 
     def __len__(self) -> int:
         return len(self.batches())
-
-
-class ItemLists(Dataset):
-    """``dataset[[i, j, ...]]`` → ``[dataset[i], dataset[j], ...]``: the items of one sampler batch."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, indices: Sequence[int]) -> list[Any]:
-        return [self.dataset[i] for i in indices]
 
 
 def stack_pairs(batch: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:

@@ -11,12 +11,11 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import tv_tensors
 
 from ..errors import DataError
-from .batching import ItemLists, SizeGroupedSampler, stack_pairs
+from .batching import SizeGroupedSampler, stack_pairs
 from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CityscapesSegmentation, to_label_ids
 from .folder import FolderSegmentation
 from .sbd import TrainAugSegmentation
@@ -29,7 +28,8 @@ class Transformed(Dataset):
     """Apply a joint (image, mask) transform to a dataset of ``(tv_tensors.Image, tv_tensors.Mask)``.
 
     A key ``(index, seed)`` (from :class:`SeededSampler`) runs the transform with torch's generator seeded by
-    ``seed`` and restored afterwards; a plain ``index`` uses the generator as it is.
+    ``seed`` and restored afterwards; a plain ``index`` uses the generator as it is; a list of indices (a batch from
+    :class:`SizeGroupedSampler`) gives the list of their items.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable) -> None:
@@ -38,7 +38,9 @@ class Transformed(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, key: int | tuple[int, int] | list[int]) -> Any:
+        if isinstance(key, list):
+            return [self[i] for i in key]
         if isinstance(key, tuple):
             index, seed = key
             with torch.random.fork_rng(devices=[]):
@@ -222,7 +224,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if train:
             return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True, **common)
         # the sampler yields whole batches (index lists of one image size): no automatic batching
-        return DataLoader(ItemLists(dataset), batch_size=None, sampler=sampler, **common)
+        return DataLoader(dataset, batch_size=None, sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         self._log_batch_size()
