@@ -3,6 +3,8 @@ run's; images are read as training reads them, 16-bit ones scaled to 8 bits."""
 
 import json
 import logging
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -29,8 +31,22 @@ def sixteen_bit(h: int = 20, w: int = 24) -> np.ndarray:
 
 
 def eight_bit(values: np.ndarray) -> np.ndarray:
-    """The documented rule: value / 257, rounded, on every channel."""
-    return np.repeat(np.round(values / 257).astype(np.uint8)[..., None], 3, axis=2)
+    """The documented rule: value / 257, rounded; gray (H, W) repeated on 3 channels, alpha dropped."""
+    values = values[..., None].repeat(3, axis=2) if values.ndim == 2 else values[..., :3]
+    return np.round(values / 257).astype(np.uint8)
+
+
+def save_png_16(path, values: np.ndarray) -> None:
+    """A 16-bit RGB or RGBA PNG from (H, W, 3 or 4) uint16 (Pillow cannot write these)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, c = values.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in values)  # filter 0 on every row
+    header = struct.pack(">IIBBBBB", w, h, 16, {3: 2, 4: 6}[c], 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
 
 
 @pytest.fixture(scope="module")
@@ -70,23 +86,27 @@ def test_outputs_mirror_the_input_tree_and_an_earlier_run_is_counted(weights, tm
         (images / sub).mkdir(parents=True)
         rgb(20, 24).save(images / sub / "x.jpg")
     Image.fromarray(values := sixteen_bit()).save(images / "depth16.png")  # Pillow mode I;16
+    save_png_16(images / "rgba16.png", rgba := np.stack([sixteen_bit() for _ in range(4)], axis=2))
     Image.fromarray(np.ones((8, 8), np.float32)).save(images / "float.tif")
 
     predict(weights, images, out)
     summary = json.loads((out / "predictions.json").read_text())
-    assert sorted(summary["images"]) == [str(images / p) for p in ("a/x.jpg", "b/x.jpg", "depth16.png")]
+    inputs = ("a/x.jpg", "b/x.jpg", "depth16.png", "rgba16.png")
+    assert sorted(summary["images"]) == [str(images / p) for p in inputs]
     assert (
         list(summary["failed"]) == [str(images / "float.tif")]
         and "floating-point" in summary["failed"][str(images / "float.tif")]
     )
-    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
-    assert written == ["a/x.png", "a/x_overlay.png", "b/x.png", "b/x_overlay.png", "depth16.png", "depth16_overlay.png"]
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*_overlay.png"))
+    assert written == ["a/x_overlay.png", "b/x_overlay.png", "depth16_overlay.png", "rgba16_overlay.png"]
+    assert (out / "a/x.png").is_file() and (out / "b/x.png").is_file()
     assert (np.asarray(Image.open(out / "depth16_overlay.png")) == eight_bit(values)).all()  # not clipped at 255
+    assert (np.asarray(Image.open(out / "rgba16_overlay.png")) == eight_bit(rgba)).all()  # not the high byte
 
     (out / "notes.txt").write_text("kept")
     with caplog.at_level(logging.WARNING):
         predict(weights, images, out)
-    assert f"{out} already holds 8 files of an earlier run: this run replaces 7 of them and leaves 1" in caplog.text
+    assert f"{out} already holds 10 files of an earlier run: this run replaces 9 of them and leaves 1" in caplog.text
 
     single = tmp_path / "single"
     predict(weights, images / "a/x.jpg", single)
@@ -115,6 +135,8 @@ def test_training_reads_16_bit_images_with_the_same_rule(tmp_path) -> None:
     for index in range(2):
         assert (dataset[index][0].permute(1, 2, 0).numpy() == eight_bit(values)).all()
 
+    save_png_16(tmp_path / "rgb16.png", rgb16 := np.stack([values, values[::-1], values[:, ::-1]], axis=2))
+    assert (read_image(tmp_path / "rgb16.png") == eight_bit(rgb16)).all()
     Image.fromarray(values.astype(np.int32)).save(tmp_path / "i32.tif")  # mode I, in the 16-bit range
     assert (read_image(tmp_path / "i32.tif") == eight_bit(values)).all()
     Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "big.tif")
