@@ -2,7 +2,7 @@
 
 A split of 7 images of 4 sizes, evaluated through the real CLI by a small DeepLabV3 with image pooling on (whose
 global average would see any padding), must give one confusion matrix for ``val_batch_size`` 1, 3 and 8, on 1 and 2
-processes, through the plain forward and through the test-time pipeline.
+processes, through the plain forward and through the test-time pipeline with the CRF.
 """
 
 import json
@@ -101,9 +101,11 @@ def test_batch_size_and_processes_do_not_change_the_confusion_matrix(mixed_sizes
             if (batch, devices) != (1, 1):
                 confmat = cli_test(mixed_sizes, tmp_path / f"b{batch}d{devices}", batch, devices)
                 assert confmat == alone, (batch, devices)
-    # the test-time pipeline (scales, flip, sliding window) batches the same way
+    # the test-time pipeline (scales, flip, sliding window, CRF on each image's own pixels) batches the same way
+    crf = "{w1: 4, sigma_alpha: 5, sigma_beta: 3, w2: 3, sigma_gamma: 3, iterations: 2}"
     tta = ("--model.init_args.eval_scales", "[0.75, 1.0]", "--model.init_args.eval_flip", "true",
-           "--model.init_args.sliding_window", "32")  # fmt: skip
+           "--model.init_args.sliding_window", "32", "--model.init_args.crf", crf,
+           "--model.init_args.crf_workers", "0")  # fmt: skip
     tta_alone = cli_test(mixed_sizes, tmp_path / "tta1", 1, 1, *tta)
     assert cli_test(mixed_sizes, tmp_path / "tta8d2", 8, 2, *tta) == tta_alone
     assert tta_alone != alone  # the pipeline ran
