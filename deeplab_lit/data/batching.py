@@ -17,6 +17,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
+
 
 def image_size(dataset: Dataset, index: int) -> tuple[int, int] | None:
     """(H, W) of item ``index`` without decoding it: a generated dataset's fixed size or the image file's header;
@@ -42,15 +44,15 @@ class SizeGroupedSampler(UnrepeatedDistributedSampler):
     ``UnrepeatedDistributedSampler``), yielded as lists of up to ``batch_size`` indices of images of one size.
 
     Use with ``DataLoader(dataset, batch_size=None, sampler=...)`` and a dataset that takes a list of indices
-    (``Transformed``). Being a ``DistributedSampler``,
-    Lightning keeps it under DDP. Per-process batch counts may differ: safe for evaluation, where DDP syncs buffers
-    on the first batch only and metrics are reduced once, at epoch end. Sizes are read once, on first use.
+    (``Transformed``). Being a ``DistributedSampler``, Lightning keeps it under DDP. Per-process batch counts may
+    differ: safe for evaluation, where DDP syncs buffers on the first batch only and metrics are reduced once, at
+    epoch end. Sizes are read once, on first use.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
         if batch_size < 1:
-            raise ValueError(f"val_batch_size must be at least 1, got {batch_size}")
+            raise ConfigError(f"val_batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
         self._batches: list[list[int]] | None = None
 
