@@ -120,8 +120,11 @@ def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Imag
 
 
 class PredictionWriter(BasePredictionWriter):
-    """For each image: ``<stem>.png`` (label PNG with the dataset's palette), ``<stem>_overlay.png`` and one
-    ``predictions.json`` with per-image class fractions. Unreadable images are reported and skipped.
+    """For each image: ``<name>.png`` (label PNG with the dataset's palette), ``<name>_overlay.png`` and one
+    ``predictions.json`` with per-image class fractions, keyed by input path. ``<name>`` is the image's path under
+    the predict folder without suffix (``a/x`` for ``a/x.jpg``: the folder tree is mirrored), or a single file's stem.
+    Files of an earlier run in the output folder are replaced or kept with a warning that counts them. Unreadable
+    images are reported and skipped.
 
     Args:
         output_dir: folder for the files; default ``<run folder>/predictions``.
@@ -145,7 +148,30 @@ class PredictionWriter(BasePredictionWriter):
             )
         self.fractions, self.failures = {}, {}
         self.out = Path(self.output_dir) if self.output_dir else run_dir(trainer) / "predictions"  # every process
+        if trainer.is_global_zero:
+            self._warn_about_earlier_files(getattr(trainer.predict_dataloaders, "dataset", None))
         self.out.mkdir(parents=True, exist_ok=True)
+
+    def _outputs(self, name: str) -> list[str]:
+        return [f"{name}.png", f"{name}_overlay.png", *([f"{name}_labelIds.png"] if self.label_ids else [])]
+
+    def _warn_about_earlier_files(self, dataset: Any) -> None:
+        """Never replace an earlier run's files silently: count those this run replaces and those it leaves."""
+        if not self.out.is_dir():
+            return
+        ours = {"predictions.json", *(f for name in getattr(dataset, "names", []) for f in self._outputs(name))}
+        earlier = [p.relative_to(self.out).as_posix() for p in self.out.rglob("*") if p.is_file()]
+        replaced = sum(p in ours for p in earlier)
+        if earlier:
+            log.warning(
+                "%s already holds %d files of an earlier run: this run replaces %d of them and leaves %d "
+                "(predictions.json will list this run's images only); choose an empty --prediction.output_dir to keep "
+                "runs apart",
+                self.out,
+                len(earlier),
+                replaced,
+                len(earlier) - replaced,
+            )
 
     def write_on_batch_end(
         self,
@@ -166,13 +192,14 @@ class PredictionWriter(BasePredictionWriter):
                 self.failures[item["path"]] = item["error"]
                 continue
             labels = item["labels"].cpu().numpy()
-            stem = Path(item["path"]).stem
+            files = [out / f for f in self._outputs(item["name"])]  # label PNG, overlay[, label ids]
+            files[0].parent.mkdir(parents=True, exist_ok=True)
             mask = colorize(labels, palette)
-            mask.save(out / f"{stem}.png")
-            if self.label_ids:
-                Image.fromarray(trainer.datamodule.to_label_ids(labels)).save(out / f"{stem}_labelIds.png")
+            mask.save(files[0])
             image = Image.fromarray(item["image"].cpu().permute(1, 2, 0).numpy())
-            Image.blend(image, mask.convert("RGB"), self.overlay_alpha).save(out / f"{stem}_overlay.png")
+            Image.blend(image, mask.convert("RGB"), self.overlay_alpha).save(files[1])
+            if self.label_ids:
+                Image.fromarray(trainer.datamodule.to_label_ids(labels)).save(files[2])
             counts = np.bincount(labels.ravel(), minlength=len(names)) / labels.size
             self.fractions[item["path"]] = {n: round(float(c), 6) for n, c in zip(names, counts, strict=False) if c}
 

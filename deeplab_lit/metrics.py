@@ -16,27 +16,58 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from .errors import ConfigError, DataError
+
 
 class SegmentationMetrics(MulticlassConfusionMatrix):
     """Confusion matrix (rows = label, columns = prediction) with the segmentation metrics derived from it.
 
     ``compute()`` returns ``mIoU``, ``pixel_acc``, ``mean_acc``, ``fwIoU`` (scalars), ``IoU`` (per class,
-    NaN for a class absent from both labels and predictions) and ``confmat``.
+    NaN for a class absent from both labels and predictions), ``confmat`` and ``invalid``.
+
+    Labels must lie in ``[0, num_classes)`` or be ``ignore_index``. A prediction outside ``[0, num_classes)`` on a
+    labelled pixel (e.g. 255 read back from another tool's label PNGs) raises ``DataError`` naming the values and the
+    pixel count; with ``invalid_preds="wrong"`` such pixels count as wrong instead: in ``invalid`` (per label
+    class, the matrix's extra "wrong" column), in their class's ground truth and in the total, in no class's
+    predictions.
     """
 
     full_state_update = False
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = 255, invalid_preds: str = "error") -> None:
         super().__init__(num_classes=num_classes, ignore_index=ignore_index, validate_args=False)
+        if invalid_preds not in ("error", "wrong"):
+            raise ConfigError(f'invalid_preds must be "error" or "wrong", got {invalid_preds!r}')
+        self.invalid_preds = invalid_preds
+        self.add_state("invalid", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         """``preds``: (B, H, W) class indices or (B, C, H, W) scores; ``target``: (B, H, W) labels."""
         if preds.ndim == target.ndim + 1:
             preds = preds.argmax(1)
-        self.confmat += confusion_counts(preds, target, self.num_classes, self.ignore_index)
+        n = self.num_classes
+        labelled = target != self.ignore_index
+        bad_labels = labelled & ((target < 0) | (target >= n))
+        bad_preds = labelled & ((preds < 0) | (preds >= n))
+        if bool((bad_labels | bad_preds).any()):  # one check in the common case; details only on failure
+            if bad_labels.any():
+                raise DataError(
+                    f"labels hold values {target[bad_labels].unique()[:10].tolist()} outside [0, {n}) and "
+                    f"{self.ignore_index} at {int(bad_labels.sum())} pixels"
+                )
+            if self.invalid_preds == "error":
+                raise DataError(
+                    f"predictions hold values {preds[bad_preds].unique()[:10].tolist()} outside [0, {n}) at "
+                    f'{int(bad_preds.sum())} labelled pixels; map them to classes, or pass invalid_preds="wrong" '
+                    "to count them as wrong"
+                )
+            missed = target[bad_preds].long()
+            self.invalid.index_add_(0, missed, torch.ones_like(missed))
+            target = target.masked_fill(bad_preds, self.ignore_index)  # counted above, not in the matrix
+        self.confmat += confusion_counts(preds, target, n, self.ignore_index)
 
     def compute(self) -> dict[str, Tensor]:
-        return metrics_from_confmat(self.confmat)
+        return metrics_from_confmat(self.confmat, self.invalid)
 
 
 def confusion_counts(preds: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
@@ -53,15 +84,17 @@ def confusion_counts(preds: Tensor, target: Tensor, num_classes: int, ignore_ind
     return counts.index_add_(0, bins, torch.ones_like(bins)).view(num_classes, num_classes)
 
 
-def metrics_from_confmat(confmat: Tensor) -> dict[str, Tensor]:
-    """Every metric from a (C, C) confusion matrix (rows = label, columns = prediction)."""
+def metrics_from_confmat(confmat: Tensor, invalid: Tensor | None = None) -> dict[str, Tensor]:
+    """Every metric from a (C, C) confusion matrix (rows = label, columns = prediction); ``invalid`` (C,) counts
+    each class's labelled pixels predicted as no class (always wrong)."""
     cm = confmat.double()
+    missed = torch.zeros_like(cm[0]) if invalid is None else invalid.double()
     tp = cm.diagonal()
-    gt, pred = cm.sum(1), cm.sum(0)
+    gt, pred = cm.sum(1) + missed, cm.sum(0)
     union = gt + pred - tp
     present = union > 0
     iou = torch.where(present, tp / union.clamp_min(1), torch.nan)
-    total = cm.sum().clamp_min(1)
+    total = gt.sum().clamp_min(1)
     acc = torch.where(gt > 0, tp / gt.clamp_min(1), torch.nan)
     return {
         "mIoU": iou[present].mean() if present.any() else torch.tensor(0.0, dtype=cm.dtype),
@@ -70,6 +103,7 @@ def metrics_from_confmat(confmat: Tensor) -> dict[str, Tensor]:
         "fwIoU": (gt / total * iou.nan_to_num()).sum(),
         "IoU": iou,
         "confmat": confmat,
+        "invalid": missed.long(),
     }
 
 

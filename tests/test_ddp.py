@@ -15,10 +15,14 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 
 from deeplab_lit.callbacks import MetricsWriter, PredictionWriter
 from deeplab_lit.data import ShapesDataModule
+from deeplab_lit.data.batching import stack_pairs
+from deeplab_lit.data.datamodule import Transformed
 from deeplab_lit.data.shapes import write_shapes_images
+from deeplab_lit.data.transforms import EvalPreset
 from deeplab_lit.systems import DeepLabV3
 
 SMALL_V3 = {"backbone": "resnet18", "multi_grid": (1, 2), "aspp_channels": 16}
@@ -30,8 +34,9 @@ DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"
 class LightningSamplers(ShapesDataModule):
     """The counter-example: no sampler of ours, so Lightning injects its padded ``DistributedSampler``."""
 
-    def _sampler(self, dataset, train):
-        return None
+    def val_dataloader(self):
+        dataset = Transformed(self.dataset("val"), EvalPreset(self.mean, self.std))
+        return DataLoader(dataset, batch_size=self.val_batch_size, collate_fn=stack_pairs)
 
 
 def data(cls=ShapesDataModule, **kwargs) -> ShapesDataModule:
@@ -142,7 +147,7 @@ def test_ddp_evaluation_counts_every_image_exactly_once(tmp_path) -> None:
     assert report["fit"] == {
         "train_sampler": "SeededSampler",
         "sampler_epoch": 1,
-        "val_sampler": "UnrepeatedDistributedSampler",
+        "val_sampler": "SizeGroupedSampler",
         "confmat_total": sum(labelled),
         "sync_bn_layers": 0,
     }
@@ -153,7 +158,7 @@ def test_ddp_evaluation_counts_every_image_exactly_once(tmp_path) -> None:
     for batch, per_rank in ((1, [3, 2]), (2, [2, 1])):
         trainer(tmp_path, 1).validate(model, data(val_batch_size=batch), verbose=False)
         single, ddp = model.results["val"], report[f"ours_b{batch}"]
-        assert ddp["sampler"] == "UnrepeatedDistributedSampler" and ddp["batches_per_rank"] == per_rank
+        assert ddp["sampler"] == "SizeGroupedSampler" and ddp["batches_per_rank"] == per_rank
         assert ddp["confmat"] == single["confmat"].tolist()
         assert ddp["mIoU"] == float(single["mIoU"])
         assert total(ddp["confmat"]) == sum(labelled)

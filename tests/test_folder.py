@@ -1,5 +1,9 @@
 """Custom folders: images/ + masks/ by stem, a class list, clear errors for unpaired or bad files."""
 
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -85,3 +89,25 @@ def test_folder_datamodule_trains_through_the_cli(folder, tmp_path) -> None:
     assert cli.model.hparams.num_classes == 3 and cli.trainer.global_step == 1
     with pytest.raises(ValueError, match="2 colors given for 3 classes"):
         FolderDataModule(str(folder), ["a", "b", "c"], colors=[(0, 0, 0), (1, 1, 1)])
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deeplab_lit", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_two_files_with_one_stem_are_an_error_in_check_data_and_fit(folder, tmp_path) -> None:
+    Image.open(folder / "train/images/f1.jpg").save(folder / "train/images/f1.png")  # beside f1.jpg
+    data = ["--data", "FolderDataModule", "--data.root", str(folder), "--data.class_names", "[a, b, c]",
+            "--data.num_workers", "0"]  # fmt: skip
+    message = "f1.jpg and .*f1.png share the stem 'f1'"
+    check = cli("check-data", *data)
+    assert check.returncode == 1 and re.search(rf"train: .*{message}", check.stdout), check.stdout + check.stderr
+    assert "val: 2 samples, 0 bad" in check.stdout
+    fit = cli("fit", *data, "--model", "DeepLabV3", "--model.backbone", "resnet18", "--model.multi_grid", "[1, 2]",
+              "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
+    assert fit.returncode == 1 and re.search(message, fit.stderr), fit.stderr[-3000:]
+    assert not list(tmp_path.rglob("*.ckpt"))
+    # masks too (a file system that tells case apart holds f0.png and f0.PNG)
+    (folder / "val/masks/f0.PNG").write_bytes((folder / "val/masks/f0.png").read_bytes())
+    with pytest.raises(DataError, match="f0.PNG and .*f0.png share the stem 'f0'"):
+        FolderSegmentation(folder, "val", num_classes=3)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from deeplab_lit.errors import ConfigError, DataError
 from deeplab_lit.metrics import SegmentationMetrics, boundary_band, trimap_miou
 
 
@@ -85,3 +86,29 @@ def test_trimap_miou_on_a_hand_computed_band() -> None:
     assert result == {1: pytest.approx(0.25), 2: pytest.approx((2 / 3 + 1 / 2) / 2)}
     logits = torch.nn.functional.one_hot(preds, 3).permute(2, 0, 1)[None].float()  # scores work too; class 2 absent
     assert trimap_miou(logits, labels[None], [1], num_classes=3) == {1: pytest.approx(0.25)}
+
+
+def test_predictions_outside_the_classes_are_an_error_naming_values_and_pixels() -> None:
+    # 255 predicted on three labelled pixels and on one ignored pixel (harmless there), 19 on one labelled pixel
+    target = torch.tensor([[0, 1, 2, 2, 1, 255]])
+    preds = torch.tensor([[0, 255, 255, 19, 255, 255]])
+    m = SegmentationMetrics(num_classes=19)
+    with pytest.raises(DataError, match=r"predictions hold values \[19, 255\] outside \[0, 19\) at 4 labelled pixels"):
+        m.update(preds, target)
+    with pytest.raises(DataError, match=r"labels hold values \[7\] outside \[0, 3\) and 255 at 1 pixels"):
+        SegmentationMetrics(num_classes=3).update(torch.tensor([[0, 1]]), torch.tensor([[0, 7]]))
+    with pytest.raises(ConfigError, match='invalid_preds must be "error" or "wrong"'):
+        SegmentationMetrics(num_classes=3, invalid_preds="ignore")
+
+
+def test_predictions_outside_the_classes_can_count_as_wrong() -> None:
+    target = torch.tensor([[0, 0, 0, 1, 1, 2, 255]])
+    preds = torch.tensor([[0, 0, 255, 1, 9, 2, 255]])  # one class-0 and one class-1 pixel predicted as no class
+    m = SegmentationMetrics(num_classes=3, invalid_preds="wrong")
+    m.update(preds, target)
+    r = m.compute()
+    assert r["confmat"].tolist() == [[2, 0, 0], [0, 1, 0], [0, 0, 1]]  # no other class's cell gets them
+    assert r["invalid"].tolist() == [1, 1, 0]
+    assert r["IoU"].tolist() == [2 / 3, 1 / 2, 1.0]  # missed pixels count in their class's union
+    assert r["pixel_acc"].item() == 4 / 6
+    assert r["mean_acc"].item() == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)

@@ -10,29 +10,26 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from PIL import Image, UnidentifiedImageError
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as TF
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
+from .batching import SizeGroupedSampler, stack_pairs
 from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CityscapesSegmentation, to_label_ids
 from .folder import FolderSegmentation
 from .sbd import TrainAugSegmentation
 from .shapes import ShapesDataset, check_shapes, shapes_palette
 from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset
-from .voc import IMAGE_SUFFIXES, VOC_CLASSES, VOCSegmentation, voc_palette
+from .voc import IMAGE_SUFFIXES, VOC_CLASSES, VOCSegmentation, read_image, voc_palette
 
 
 class Transformed(Dataset):
     """Apply a joint (image, mask) transform to a dataset of ``(tv_tensors.Image, tv_tensors.Mask)``.
 
     A key ``(index, seed)`` (from :class:`SeededSampler`) runs the transform with torch's generator seeded by
-    ``seed`` and restored afterwards; a plain ``index`` uses the generator as it is.
+    ``seed`` and restored afterwards; a plain ``index`` uses the generator as it is; a list of indices (a batch from
+    :class:`SizeGroupedSampler`) gives the list of their items.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable) -> None:
@@ -41,7 +38,9 @@ class Transformed(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, key: int | tuple[int, int] | list[int]) -> Any:
+        if isinstance(key, list):
+            return [self[i] for i in key]
         if isinstance(key, tuple):
             index, seed = key
             with torch.random.fork_rng(devices=[]):
@@ -66,18 +65,6 @@ class SeededSampler(DistributedSampler):
             yield index, int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
 
 
-def pad_collate(batch: Sequence[tuple[Tensor, Tensor]], ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
-    """Stack (image, mask) pairs, padding different sizes right/bottom (image 0, mask ``ignore_index``).
-
-    Padded pixels are ignored by the loss and the metrics, so batching never changes a metric.
-    """
-    h = max(img.shape[-2] for img, _ in batch)
-    w = max(img.shape[-1] for img, _ in batch)
-    images = [F.pad(img, (0, w - img.shape[-1], 0, h - img.shape[-2])) for img, _ in batch]
-    masks = [F.pad(m, (0, w - m.shape[-1], 0, h - m.shape[-2]), value=ignore_index) for _, m in batch]
-    return torch.stack(images), torch.stack(masks)  # (B, 3, H, W), (B, H, W)
-
-
 def list_images(path: str | Path) -> list[Path]:
     """An image file, or the image files of a folder (sorted, recursive)."""
     path = Path(path)
@@ -91,29 +78,50 @@ def list_images(path: str | Path) -> list[Path]:
     return files
 
 
+def output_names(path: str | Path, files: Sequence[Path]) -> list[str]:
+    """Each input's output name: its path under the predict folder without suffix (``a/x`` for ``a/x.jpg``), or
+    the stem of a single file. Two inputs with one name (``x.jpg`` and ``x.png``) raise ``DataError`` naming both:
+    one's outputs would overwrite the other's.
+    """
+    path = Path(path)
+    names: dict[str, Path] = {}
+    for file in files:
+        name = file.stem if file == path else file.relative_to(path).with_suffix("").as_posix()
+        if name in names:
+            raise DataError(
+                f"{names[name]} and {file} would both be written as {name}.png; rename one or predict them separately"
+            )
+        names[name] = file
+    return list(names)
+
+
 class PredictImages(Dataset):
-    """Images to segment. An unreadable file yields an item with ``error`` set, so the run goes on."""
+    """Images to segment, read as training reads them. An unreadable file yields an item with ``error`` set, so the
+    run goes on; ``name`` is where its outputs go under the output folder (see :func:`output_names`).
+    """
 
     def __init__(self, path: str | Path, mean: Sequence[float], std: Sequence[float]) -> None:
         self.files = list_images(path)
+        self.names = output_names(path, self.files)
         self.transform = EvalPreset(mean, std)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        path = self.files[index]
+        path, name = self.files[index], self.names[index]
         try:
-            with Image.open(path) as im:
-                raw = TF.pil_to_tensor(im.convert("RGB"))  # (3, H, W) uint8
-        except (OSError, UnidentifiedImageError) as err:
+            raw = torch.from_numpy(read_image(path)).permute(2, 0, 1)  # (3, H, W) uint8
+        except DataError as err:
             return {
                 "path": str(path),
-                "error": f"cannot read image: {err}",
+                "name": name,
+                "error": str(err),
                 "image": torch.zeros(3, 1, 1),
                 "raw": torch.zeros(3, 1, 1, dtype=torch.uint8),
             }
-        return {"path": str(path), "error": "", "image": self.transform(tv_tensors.Image(raw)), "raw": raw}
+        image = self.transform(tv_tensors.Image(raw))
+        return {"path": str(path), "name": name, "error": "", "image": image, "raw": raw}
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -206,20 +214,19 @@ class SegmentationDataModule(L.LightningDataModule):
             photometric=self.photometric,
         )
 
-    def _sampler(self, dataset: Dataset, train: bool) -> Sampler | None:
+    def _sampler(self, dataset: Dataset, train: bool) -> Sampler:
         """Training: a :class:`SeededSampler` (a ``DistributedSampler``, shuffled and padded so every process runs
-        as many steps; one process is a world of one). Evaluation, when several processes run (``None`` in one):
-        ``UnrepeatedDistributedSampler``, which gives each image to exactly one process, where Lightning's own
-        sampler pads the split with repeated images that the metrics would count twice. Per-process batch counts
-        may then differ by one: safe, as the metrics and the logged loss are reduced once, at epoch end. Lightning
-        keeps a loader whose sampler is already a ``DistributedSampler``, so this holds whatever
-        ``use_distributed_sampler`` is; predict is left to Lightning, which already splits it without repeats.
+        as many steps; one process is a world of one). Evaluation: a :class:`SizeGroupedSampler`, which gives each
+        image to exactly one process (Lightning's own sampler pads the split with repeated images that the metrics
+        would count twice) and batches only images of one size, so no image is padded. Lightning keeps a loader
+        whose sampler is already a ``DistributedSampler``, so this holds whatever ``use_distributed_sampler`` is;
+        predict is left to Lightning, which already splits it without repeats.
         """
         trainer = self.trainer
         several = trainer is not None and trainer.world_size > 1
         kwargs = trainer.distributed_sampler_kwargs if several else {"num_replicas": 1, "rank": 0}
         if not train:
-            return UnrepeatedDistributedSampler(dataset, shuffle=False, **kwargs) if several else None
+            return SizeGroupedSampler(dataset, self.val_batch_size, **kwargs)
         seed = int(os.getenv("PL_GLOBAL_SEED", 0))  # as Lightning's sampler: seed_everything sets it
         shuffle = trainer is None or not trainer.overfit_batches
         sampler = SeededSampler(dataset, shuffle=shuffle, seed=seed, drop_last=False, **kwargs)
@@ -251,29 +258,28 @@ class SegmentationDataModule(L.LightningDataModule):
                 "and set --data.init_args.recipe_global_batch to match"
             )
 
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset, train: bool = False) -> DataLoader:
         sampler = self._sampler(dataset, train)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            drop_last=train,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            collate_fn=pad_collate,
-        )
+        common = {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+            "collate_fn": stack_pairs,
+        }
+        if train:
+            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True, **common)
+        # the sampler yields whole batches (index lists of one image size): no automatic batching
+        return DataLoader(dataset, batch_size=None, sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         self._log_batch_size()
-        return self._loader(Transformed(self.dataset("train"), self.train_transform()), self.batch_size, True)
+        return self._loader(Transformed(self.dataset("train"), self.train_transform()), train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(Transformed(self.dataset("val"), EvalPreset(self.mean, self.std)), self.val_batch_size)
+        return self._loader(Transformed(self.dataset("val"), EvalPreset(self.mean, self.std)))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(Transformed(self.dataset("test"), EvalPreset(self.mean, self.std)), self.val_batch_size)
+        return self._loader(Transformed(self.dataset("test"), EvalPreset(self.mean, self.std)))
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_path is None:

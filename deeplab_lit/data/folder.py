@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -10,6 +10,20 @@ from torchvision import tv_tensors
 
 from .transforms import IGNORE_INDEX
 from .voc import IMAGE_SUFFIXES, DataError, check_labels, make_pair, read_image, read_label_png, voc_palette
+
+
+def by_stem(files: Iterable[Path]) -> dict[str, Path]:
+    """``{stem: file}``; two files with one stem (``x.jpg`` and ``x.png``) raise ``DataError`` naming both, as
+    pairing by stem would drop one of them."""
+    found: dict[str, Path] = {}
+    for path in sorted(files):
+        if path.stem in found:
+            raise DataError(
+                f"{found[path.stem]} and {path} share the stem {path.stem!r}: files are paired by stem, so one of them "
+                "would be dropped; rename or remove one"
+            )
+        found[path.stem] = path
+    return found
 
 
 class FolderSegmentation(Dataset):
@@ -32,8 +46,8 @@ class FolderSegmentation(Dataset):
         for d in (images_dir, masks_dir):
             if not d.is_dir():
                 raise DataError(f"{d} is missing; expected {folder}/images/<stem>.<ext> and {folder}/masks/<stem>.png")
-        images = {p.stem: p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-        masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() == ".png"}
+        images = by_stem(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        masks = by_stem(p for p in masks_dir.iterdir() if p.suffix.lower() == ".png")
         if not images:
             raise DataError(f"{images_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         unpaired = sorted(set(images) ^ set(masks))

@@ -43,15 +43,56 @@ def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An RGB image (H, W, 3) uint8; grayscale/RGBA/CMYK are converted, unreadable files raise ``DataError``."""
+    """An RGB image (H, W, 3) uint8, the one reader of training, evaluation and predict. Grayscale/RGBA/CMYK are
+    converted (alpha dropped). 16-bit images (grayscale PNG/TIFF, Pillow modes ``I;16*`` and ``I``; RGB(A) PNG) are
+    scaled to 8 bits as value / 257, rounded (65535 → 255), where a plain conversion would clip grayscale above 255.
+    Floating-point images and values outside [0, 65535] raise ``DataError``, as do unreadable files.
+    """
     try:
         with Image.open(path) as im:
+            low_byte_tiles = _low_byte_tiles(im)
             im.load()
-            return np.asarray(im.convert("RGB"))
+            if im.mode.startswith("I"):
+                return _to_8_bit(np.asarray(im), path)
+            if im.mode == "F":
+                raise DataError(
+                    f"image {path} holds floating-point values (mode F), which have no agreed scale; "
+                    "save it with 8 or 16 bits per channel"
+                )
+            if low_byte_tiles:
+                return _to_8_bit(_sixteen_bit_png(path, np.asarray(im), low_byte_tiles), path)
+            return np.array(im.convert("RGB"))  # writable, as torch.from_numpy wants
     except FileNotFoundError:
         raise DataError(f"image {path} is missing") from None
     except (OSError, UnidentifiedImageError, SyntaxError) as err:
         raise DataError(f"image {path} is corrupt or truncated: {err}") from None
+
+
+def _low_byte_tiles(im: Image.Image) -> list | None:
+    """For a 16-bit RGB(A) PNG, which Pillow decodes to each value's high byte: the same tiles read as little-endian,
+    i.e. yielding each big-endian value's low byte. None for any other image."""
+    rawmodes = [t.args for t in im.tile] if im.format == "PNG" else []
+    if not rawmodes or not all(isinstance(r, str) and r in ("RGB;16B", "RGBA;16B") for r in rawmodes):
+        return None
+    return [t._replace(args=t.args[:-1] + "L") for t in im.tile]
+
+
+def _sixteen_bit_png(path: Path, high: np.ndarray, low_byte_tiles: list) -> np.ndarray:
+    with Image.open(path) as im:
+        im.tile = low_byte_tiles
+        im.load()
+        low = np.asarray(im)
+    return (high.astype(np.int64) << 8 | low)[..., :3]  # (H, W, 3) 16-bit values, alpha dropped
+
+
+def _to_8_bit(values: np.ndarray, path: Path) -> np.ndarray:
+    """16-bit values (H, W) or (H, W, 3) as RGB uint8: value / 257, rounded (in integers)."""
+    values = values.astype(np.int64)
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 65535:
+        raise DataError(f"image {path} has values in [{low}, {high}], outside the 16-bit range [0, 65535]")
+    scaled = ((values + 128) // 257).astype(np.uint8)
+    return scaled if scaled.ndim == 3 else np.repeat(scaled[..., None], 3, axis=2)  # (H, W, 3)
 
 
 def read_label_png(path: Path, palette: list | None = None, num_classes: int = 0) -> np.ndarray:

@@ -218,19 +218,12 @@ class SegmentationModule(L.LightningModule):
         return self._trainer is None or self.trainer.state.fn != "fit"
 
     def refine(self, images: Sequence[Tensor], probs: Tensor, names: Sequence[str] | None = None) -> Tensor:
-        """Dense CRF on each image's probabilities: ``images`` uint8 (3, h, w) with h, w within ``probs``
-        (B, C, H, W); the padding beyond (h, w) is cropped off, given to the CRF, and left unchanged.
-        """
+        """Dense CRF on each image's probabilities: ``images`` uint8 (3, H, W), ``probs`` (B, C, H, W)."""
         if self._crf_pool is None:
             self._crf_pool = CRFPool(self.crf, self.hparams.crf_workers)
-        crops = [
-            p[:, : im.shape[-2], : im.shape[-1]].float().cpu().numpy() for im, p in zip(images, probs, strict=True)
-        ]
-        rgb = [im.permute(1, 2, 0).cpu().numpy() for im in images]  # (h, w, 3) uint8
-        refined = probs.clone()
-        for i, q in enumerate(self._crf_pool(rgb, crops, names)):
-            refined[i, :, : q.shape[-2], : q.shape[-1]] = torch.from_numpy(q).to(probs)
-        return refined
+        rgb = [im.permute(1, 2, 0).cpu().numpy() for im in images]  # (H, W, 3) uint8
+        refined = self._crf_pool(rgb, list(probs.float().cpu().numpy()), names)
+        return torch.from_numpy(np.stack(refined)).to(probs)
 
     # cuDNN's autotuner (``benchmark: true``) pays off for training's fixed crops; evaluation sees every image at
     # its own size and scale, where it would re-tune for each new shape: off while evaluating, restored after.
@@ -260,20 +253,12 @@ class SegmentationModule(L.LightningModule):
             self._crf_pool.close()
             self._crf_pool = None
 
-    def _raw_images(self, x: Tensor) -> list[Tensor]:
-        """The uint8 images of a normalized batch, each cropped to its extent before ``pad_collate``'s padding
-        (exactly 0 in every channel; a full row or column of exactly the mean colour is taken for padding).
-        """
+    def _raw_images(self, x: Tensor) -> Tensor:
+        """The uint8 images (B, 3, H, W) of a normalized batch (evaluation batches are never padded)."""
         dm = self.trainer.datamodule
         mean = torch.tensor(dm.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(dm.std, device=x.device).view(1, 3, 1, 1)
-        raw = ((x.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)  # (B, 3, H, W)
-        images = []
-        for image, valid in zip(raw, (x != 0).any(1), strict=True):
-            rows, cols = valid.any(1).nonzero(), valid.any(0).nonzero()
-            h, w = (int(rows[-1]) + 1, int(cols[-1]) + 1) if rows.numel() else (1, 1)
-            images.append(image[:, :h, :w])
-        return images
+        return ((x.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
 
     def pipeline_step(self, x: Tensor, y: Tensor, stage: str) -> Tensor:
         """Evaluation through the test-time pipeline; the loss is the NLL of the fused probabilities."""
@@ -368,18 +353,19 @@ class SegmentationModule(L.LightningModule):
 
     # -- prediction ------------------------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """Per image: path, label map (H, W) uint8 or an error message for an unreadable file."""
+        """Per image: path, output name, label map (H, W) uint8 or an error message for an unreadable file."""
         results = []
         for i, path in enumerate(batch["path"]):
             if batch["error"][i]:
-                results.append({"path": path, "error": batch["error"][i]})
+                results.append({"path": path, "name": batch["name"][i], "error": batch["error"][i]})
                 continue
             raw = batch["raw"][i]
             probs = self.tta(self, batch["image"][i : i + 1], raw.shape[-2:])  # (1, C, H, W)
             if self.crf is not None:
                 probs = self.refine([raw], probs, [path])
             labels = probs.argmax(1)[0].to(torch.uint8)
-            results.append({"path": path, "error": "", "labels": labels.cpu(), "image": raw.cpu()})
+            item = {"path": path, "name": batch["name"][i], "error": "", "labels": labels.cpu(), "image": raw.cpu()}
+            results.append(item)
         return results
 
     # -- optimisation ----------------------------------------------------------------------------------------
