@@ -15,9 +15,11 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 from deeplab_lit.callbacks import Checkpoint
+from deeplab_lit.cli import main
 from deeplab_lit.data import ShapesDataModule
 from deeplab_lit.demo import CONFIG  # the main job's config
 from deeplab_lit.systems import DeepLabV3
@@ -134,3 +136,44 @@ def test_last_checkpoint_follows_every_epoch_when_the_monitored_metric_stops_imp
     trainer.fit(model, data)
     assert torch.load(checkpoint.best_model_path, weights_only=False)["global_step"] == 2
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == trainer.global_step == 6
+
+
+SMALL = [
+    "--config", "experiments/configs/shapes/deeplabv3_resnet18-os16_b16-4e_64.yaml", "--trainer.precision", "32-true",
+    "--data.init_args.num_train", "8", "--data.init_args.num_val", "2", "--data.init_args.image_size", "32",
+    "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0", "--trainer.num_sanity_val_steps", "0",
+    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+]  # fmt: skip
+
+
+@pytest.mark.slow  # 3 × 2 fits: about 20 s of CPU each
+@pytest.mark.parametrize("logger", ["none", "tensorboard", "wandb"])
+def test_ckpt_path_last_continues_the_run_folder_of_any_logger(logger, tmp_path, monkeypatch, caplog) -> None:
+    args = ["--trainer.default_root_dir", str(tmp_path)] + {
+        "none": ["--trainer.logger", "false"],
+        "tensorboard": ["--trainer.logger", "TensorBoardLogger", "--trainer.logger.init_args.save_dir", str(tmp_path)],
+        "wandb": ["--config", "experiments/configs/_base/logger_wandb.yaml"],
+    }[logger]
+    if logger == "wandb":
+        wandb = pytest.importorskip("wandb")
+        monkeypatch.setenv("WANDB_MODE", "offline")
+        monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+        args += ["--trainer.logger.init_args.save_dir", str(tmp_path)]
+    first = main(["fit", *SMALL, *args, "--trainer.max_epochs", "1"])
+    if logger == "wandb":
+        wandb.finish()
+    resumed = main(["fit", *SMALL, *args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    if logger == "wandb":
+        wandb.finish()
+    last = first.trainer.checkpoint_callback.last_model_path
+    assert f"--ckpt_path last: resuming from {last} (epoch 0, step 2)" in caplog.text
+    assert resumed.trainer.ckpt_path == last and resumed.trainer.global_step == 4
+    # the same run folder: checkpoints, logs and val_metrics.json; for W&B the same run id, resumed
+    assert resumed.trainer.checkpoint_callback.dirpath == first.trainer.checkpoint_callback.dirpath
+    assert resumed.trainer.log_dir == first.trainer.log_dir
+    assert json.loads((Path(first.trainer.log_dir) / "val_metrics.json").read_text())["global_step"] == 4
+    if logger != "none":
+        assert resumed.trainer.logger.version == first.trainer.logger.version
+    if logger == "wandb":
+        runs = list((tmp_path / "wandb").glob("offline-run-*"))
+        assert len(runs) == 2 and {r.name.rpartition("-")[2] for r in runs} == {first.trainer.logger.version}
