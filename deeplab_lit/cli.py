@@ -119,9 +119,11 @@ def resolve_last_checkpoint(config: Namespace) -> int | None:
 def keep_csv_rows(trainer: Trainer, step: int) -> None:
     """Keep the rows before ``step`` of each CSV logger's ``metrics.csv`` in a resumed run folder. Lightning's CSV
     writer deletes the file it finds; the rows a killed run logged after its checkpoint are logged again."""
+    if not trainer.is_global_zero:  # the process that writes them
+        return
     for logger in trainer.loggers:
         path = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
-        if path is None or not trainer.is_global_zero or not path.is_file():
+        if path is None or not path.is_file():
             continue
         with path.open(newline="") as f:
             rows = [row for row in csv.DictReader(f) if row.get("step") and int(row["step"]) < step]
