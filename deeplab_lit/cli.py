@@ -74,9 +74,10 @@ def resolve_last_checkpoint(config: Namespace) -> int | None:
     The folder is Lightning's (``ModelCheckpoint``): ``--checkpoint.dirpath``, else the first logger's
     ``<save_dir>/<name>/<version>/checkpoints`` (any version unless the config names one), else
     ``<default_root_dir>/checkpoints``. Lightning itself would look only in the new run's own, new version folder.
-    Each logger's ``version`` is pinned to the one saved in the checkpoint (or the folder it lies in), so logs,
-    checkpoints and metric files continue in the same run folder, and a W&B run resumes under its id. With nothing
-    to resume (a SLURM job's first start), training starts from scratch, saying so. Returns the resumed global step.
+    Each logger's ``version`` is pinned to the folder the checkpoint lies in (the first logger's) or to the one saved
+    in the checkpoint (:class:`~deeplab_lit.callbacks.Checkpoint`), so logs, checkpoints and metric files continue in
+    the same run folder, and a W&B run resumes under its id. With nothing to resume (a SLURM job's first start),
+    training starts from scratch, saying so. Returns the resumed global step.
     """
     trainer, dirpath = config.trainer, config.get("checkpoint", Namespace()).get("dirpath")
     loggers = _logger_configs(trainer)
@@ -100,12 +101,15 @@ def resolve_last_checkpoint(config: Namespace) -> int | None:
         return None
     last = max(found, key=os.path.getmtime)
     checkpoint = torch.load(last, map_location="cpu", mmap=True, weights_only=True)
-    versions = checkpoint.get(LOGGER_VERSIONS) or ([] if dirpath else [Path(last).parents[1].name])
+    versions = list(checkpoint.get(LOGGER_VERSIONS) or [])
+    if loggers and not dirpath:  # the first logger's run folder is the one the checkpoint lies in
+        versions[:1] = [Path(last).parents[1].name]
     pinned = []
     for logger, version in zip(loggers, versions, strict=False):
         if "version" in logger.init_args and version is not None:
             logger.init_args.version = version
-            pinned.append(f"{logger.class_path.rpartition('.')[2]} version {version}")
+            folder = version if isinstance(version, str) else f"version_{version}"
+            pinned.append(f"{logger.class_path.rpartition('.')[2]} {folder}")
     if pinned and trainer.get("logger") in (None, True):
         trainer.logger = loggers[0]
     config.ckpt_path = last

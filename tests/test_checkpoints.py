@@ -87,7 +87,7 @@ def test_a_run_killed_mid_epoch_resumes_with_ckpt_path_last_to_the_same_weights_
     resumed = fit(tmp_path / "killed", "--ckpt_path", "last")  # exactly the README's command
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"--ckpt_path last: resuming from {last} (epoch 0, step {STEPS_PER_EPOCH})" in resumed.stderr
-    assert "continuing CSVLogger version 0" in resumed.stderr
+    assert "continuing CSVLogger version_0" in resumed.stderr
     assert f"Restoring states from the checkpoint path at {last}" in resumed.stdout + resumed.stderr
     assert [p.name for p in run.parent.iterdir()] == ["version_0"]  # the same run folder, no version_1
 
@@ -120,7 +120,7 @@ def test_a_save_killed_half_way_leaves_the_previous_last_checkpoint_whole(tmp_pa
     assert load(last)["global_step"] == STEPS_PER_EPOCH
     resumed = fit(tmp_path, *options, "--ckpt_path", "last")  # checkpoints outside the run folder: resumed there too
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "continuing CSVLogger version 0" in resumed.stderr
+    assert "continuing CSVLogger version_0" in resumed.stderr
     assert load(last)["global_step"] == 3 * STEPS_PER_EPOCH
     assert [p.name for p in (tmp_path / "shapes_deeplabv3plus").iterdir()] == ["version_0"]
 
