@@ -12,6 +12,7 @@ import csv
 import glob
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -103,7 +104,8 @@ def resolve_last_checkpoint(config: Namespace) -> int | None:
     checkpoint = torch.load(last, map_location="cpu", mmap=True, weights_only=True)
     versions = list(checkpoint.get(LOGGER_VERSIONS) or [])
     if loggers and not dirpath:  # the first logger's run folder is the one the checkpoint lies in
-        versions[:1] = [Path(last).parents[1].name]
+        folder_name = Path(last).parents[1].name
+        versions[:1] = [int(folder_name[8:]) if re.fullmatch(r"version_\d+", folder_name) else folder_name]
     pinned = []
     for logger, version in zip(loggers, versions, strict=False):
         if "version" in logger.init_args and version is not None:
