@@ -23,6 +23,7 @@ from .data.transforms import EvalPreset
 from .nets import upsample_to
 
 log = logging.getLogger(__name__)
+LOGGER_VERSIONS = "logger_versions"  # checkpoint key: each logger's version, the run folder a resume continues in
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -69,6 +70,10 @@ class Checkpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if trainer.is_global_zero:  # the process that writes; a CSV logger elsewhere would guess a next version
+            checkpoint[LOGGER_VERSIONS] = [logger.version for logger in trainer.loggers]
 
     def _refresh_last(self, trainer: L.Trainer) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # skips a step already saved

@@ -8,14 +8,26 @@ python -m deeplab_lit check-data --config CONFIG      (decode every sample of ev
 
 from __future__ import annotations
 
+import csv
+import glob
+import importlib
+import os
+import re
 import sys
+from pathlib import Path
 
+import torch
 import yaml
+from jsonargparse import Namespace
+from lightning.fabric.loggers.tensorboard import _TENSORBOARD_AVAILABLE, _TENSORBOARDX_AVAILABLE
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from . import data, systems  # noqa: F401  (registers the classes for --model NAME / --data NAME)
-from .callbacks import Checkpoint, MetricsWriter, PredictionWriter, WandbMedia
+from .callbacks import LOGGER_VERSIONS, Checkpoint, MetricsWriter, PredictionWriter, WandbMedia
 from .data.datamodule import SegmentationDataModule
 from .systems import SegmentationModule
 
@@ -34,6 +46,94 @@ EVAL_KEYS = (
     "eval_output_stride", "eval_scales", "eval_flip", "sliding_window", "window_stride", "crf", "crf_workers",
     "exported",
 )  # fmt: skip
+
+
+def _import(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _logger_configs(trainer: Namespace) -> list[Namespace]:
+    """The config's loggers as ``class_path``/``init_args``; ``logger: true`` (or unset) as the logger Lightning
+    then creates (its ``configure_logger``)."""
+    logger = trainer.get("logger")
+    if logger is False:
+        return []
+    if logger is None or logger is True:
+        tensorboard = _TENSORBOARD_AVAILABLE or _TENSORBOARDX_AVAILABLE
+        init_args = Namespace(save_dir=trainer.get("default_root_dir") or os.getcwd())
+        if tensorboard:
+            init_args.version = SLURMEnvironment.job_id()
+        class_path = "lightning.pytorch.loggers." + ("TensorBoardLogger" if tensorboard else "CSVLogger")
+        return [Namespace(class_path=class_path, init_args=init_args)]
+    return list(logger) if isinstance(logger, list) else [logger]
+
+
+def resolve_last_checkpoint(config: Namespace) -> int | None:
+    """``fit --ckpt_path last``: the newest ``last*.ckpt`` where this config's checkpoints go, and its run folder.
+
+    The folder is Lightning's (``ModelCheckpoint``): ``--checkpoint.dirpath``, else the first logger's
+    ``<save_dir>/<name>/<version>/checkpoints`` (any version unless the config names one), else
+    ``<default_root_dir>/checkpoints``. Lightning itself would look only in the new run's own, new version folder.
+    Each logger's ``version`` is pinned to the folder the checkpoint lies in (the first logger's) or to the one saved
+    in the checkpoint (:class:`~deeplab_lit.callbacks.Checkpoint`), so logs, checkpoints and metric files continue in
+    the same run folder, and a W&B run resumes under its id. With nothing to resume (a SLURM job's first start),
+    training starts from scratch, saying so. Returns the resumed global step.
+    """
+    trainer, dirpath = config.trainer, config.get("checkpoint", Namespace()).get("dirpath")
+    loggers = _logger_configs(trainer)
+    if dirpath:
+        folder = Path(dirpath)
+    elif loggers:
+        init_args = loggers[0].init_args
+        if "version" not in init_args:  # a logger whose run folder cannot be chosen: Lightning's own "last"
+            return None
+        probe = _import(loggers[0].class_path)(**init_args.as_dict())  # its save_dir and name, as Lightning reads them
+        version = init_args.version
+        version = "*" if version is None else version if isinstance(version, str) else f"version_{version}"
+        save_dir = probe.save_dir or trainer.get("default_root_dir") or os.getcwd()
+        folder = Path(glob.escape(str(save_dir))) / glob.escape(str(probe.name)) / version / "checkpoints"
+    else:
+        folder = Path(glob.escape(str(trainer.get("default_root_dir") or os.getcwd()))) / "checkpoints"
+    found = glob.glob(str(folder / "last*.ckpt"))
+    if not found:
+        rank_zero_info(f"--ckpt_path last: no checkpoint in {folder}; training from scratch")
+        config.ckpt_path = None
+        return None
+    last = max(found, key=os.path.getmtime)
+    checkpoint = torch.load(last, map_location="cpu", mmap=True, weights_only=True)
+    versions = list(checkpoint.get(LOGGER_VERSIONS) or [])
+    if loggers and not dirpath:  # the first logger's run folder is the one the checkpoint lies in
+        folder_name = Path(last).parents[1].name
+        versions[:1] = [int(folder_name[8:]) if re.fullmatch(r"version_\d+", folder_name) else folder_name]
+    pinned = []
+    for logger, version in zip(loggers, versions, strict=False):
+        if "version" in logger.init_args and version is not None:
+            logger.init_args.version = version
+            folder = version if isinstance(version, str) else f"version_{version}"
+            pinned.append(f"{logger.class_path.rpartition('.')[2]} {folder}")
+    if pinned and trainer.get("logger") in (None, True):
+        trainer.logger = loggers[0]
+    config.ckpt_path = last
+    where = f", continuing {', '.join(pinned)}" if pinned else ""
+    rank_zero_info(
+        f"--ckpt_path last: resuming from {last} (epoch {checkpoint['epoch']}, step {checkpoint['global_step']}){where}"
+    )
+    return checkpoint["global_step"]
+
+
+def keep_csv_rows(trainer: Trainer, step: int) -> None:
+    """Keep the rows before ``step`` of each CSV logger's ``metrics.csv`` in a resumed run folder. Lightning's CSV
+    writer deletes the file it finds; the rows a killed run logged after its checkpoint are logged again."""
+    if not trainer.is_global_zero:  # the process that writes them
+        return
+    for logger in trainer.loggers:
+        path = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
+        if path is None or not path.is_file():
+            continue
+        with path.open(newline="") as f:
+            rows = [row for row in csv.DictReader(f) if row.get("step") and int(row["step"]) < step]
+        logger.experiment.metrics[:0] = [{k: v for k, v in row.items() if v != ""} for row in rows]  # deletes the file
 
 
 class DeepLabCLI(LightningCLI):
@@ -61,14 +161,21 @@ class DeepLabCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Lightning puts ``--ckpt_path``'s saved hyperparameters over the config; keep the evaluation settings
         (``EVAL_KEYS``) of this run's config and command line, so ``test --ckpt_path X --model.eval_flip true``
-        does what it says.
+        does what it says. ``fit --ckpt_path last`` resumes the run this config last wrote
+        (:func:`resolve_last_checkpoint`).
         """
         sub = self.config.get("subcommand")
+        if sub == "fit" and self.config.fit.get("ckpt_path") == "last":
+            self.resumed_step = resolve_last_checkpoint(self.config.fit)
         init_args = self.config[sub].get("model", {}).get("init_args", {}) if sub else {}
         keep = {k: init_args[k] for k in EVAL_KEYS if k in init_args}
         super()._parse_ckpt_path()
         for key, value in keep.items():
             self.config[sub].model.init_args[key] = value
+
+    def before_fit(self) -> None:
+        if getattr(self, "resumed_step", None) is not None:
+            keep_csv_rows(self.trainer, self.resumed_step)
 
 
 def main(args: list[str] | None = None, run: bool = True) -> DeepLabCLI:

@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.distributed as dist
+from test_systems import NaNBatch
 from torch.utils.data import DataLoader
 
 from deeplab_lit.callbacks import MetricsWriter, PredictionWriter
@@ -108,10 +109,16 @@ def ddp_main(out: Path) -> None:
         (out / "ddp.json").write_text(json.dumps(report))
 
 
-def run_script(out: Path) -> subprocess.CompletedProcess:
+def ddp_non_finite_main(out: Path) -> None:
+    """Run by every process: a fit whose loss turns NaN at step 2 on rank 1 only (2 steps per epoch)."""
+    fit = trainer(out, 2, max_epochs=2, limit_val_batches=0, callbacks=[NaNBatch(2, ranks=(1,))])
+    fit.fit(DeepLabV3(num_classes=7, **SMALL_V3), data())
+
+
+def run_script(out: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in DDP_ENV}
     proc = subprocess.Popen(
-        [sys.executable, __file__, str(out)],
+        [sys.executable, __file__, str(out), *args],
         cwd=Path(__file__).parents[1],
         env=env,
         stdout=subprocess.PIPE,
@@ -120,7 +127,7 @@ def run_script(out: Path) -> subprocess.CompletedProcess:
         start_new_session=True,  # its own process group, so a hang can be ended with every rank
     )
     try:
-        stdout, _ = proc.communicate(timeout=300)
+        stdout, _ = proc.communicate(timeout=timeout)  # until every rank has closed the pipe
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, _ = proc.communicate()
@@ -178,5 +185,14 @@ def test_ddp_evaluation_counts_every_image_exactly_once(tmp_path) -> None:
     assert len(list((tmp_path / "predictions").glob("shapes_*_overlay.png"))) == 5
 
 
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_together(tmp_path) -> None:
+    # without the gathered decision only rank 1 raises it, and rank 0 fails in DDP's gradient all-reduce (gloo:
+    # "Connection closed by peer"; NCCL waits for its timeout, 30 minutes by default)
+    proc = run_script(tmp_path, "non-finite", timeout=180)
+    assert proc.returncode != 0
+    message = "non-finite loss (rank 1: nan) at global step 2, epoch 1, batch 0; no checkpoint was saved yet"
+    assert proc.stdout.count(f"FloatingPointError: {message}") == 2, proc.stdout[-4000:]  # raised by both processes
+
+
 if __name__ == "__main__":
-    ddp_main(Path(sys.argv[1]))
+    (ddp_non_finite_main if sys.argv[2:] == ["non-finite"] else ddp_main)(Path(sys.argv[1]))

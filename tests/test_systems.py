@@ -1,11 +1,13 @@
 """The Lightning layer: loss, optimisation recipe, BN freezing, output-stride switch, checkpoints, fine-tuning."""
 
 import math
+import re
 
 import lightning as L
 import pytest
 import torch
 
+from deeplab_lit.callbacks import Checkpoint
 from deeplab_lit.data import ShapesDataModule
 from deeplab_lit.systems import DeepLabV1, DeepLabV2, DeepLabV3, DeepLabV3Plus
 from deeplab_lit.systems.segmentation import hard_pixel_loss
@@ -124,12 +126,26 @@ def test_aux_and_msc_losses_are_added(tmp_path) -> None:
     assert loss_plain.item() != pytest.approx(expected.item())
 
 
-def test_non_finite_loss_stops_with_step_and_batch(tmp_path) -> None:
-    model = DeepLabV3(num_classes=7, **SMALL_V3)
-    with torch.no_grad():
-        model.net.classifier.weight.fill_(math.nan)
-    with pytest.raises(FloatingPointError, match=r"non-finite loss .* global step 0, epoch 0, batch 0"):
-        trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, tiny_data())
+class NaNBatch(L.Callback):
+    """Turns the training batch of global step ``step`` into NaNs on the processes ``ranks``: a diverging loss."""
+
+    def __init__(self, step: int, ranks: tuple[int, ...] = (0,)) -> None:
+        self.step, self.ranks = step, ranks
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step and trainer.global_rank in self.ranks:
+            batch[0].fill_(math.nan)
+
+
+@pytest.mark.parametrize("step", [1, 3])  # before and after the first checkpoint (end of epoch 0, step 2)
+def test_non_finite_loss_stops_naming_the_newest_checkpoint_or_none(tmp_path, step) -> None:
+    checkpoint = Checkpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    t = trainer(tmp_path, max_epochs=2, limit_val_batches=0, enable_checkpointing=True)
+    t.callbacks += [checkpoint, NaNBatch(step)]
+    saved = f"the newest checkpoint is {tmp_path / 'last.ckpt'}" if step > 2 else "no checkpoint was saved yet"
+    message = f"non-finite loss (nan) at global step {step}, epoch {step // 2}, batch {step % 2}; {saved}"
+    with pytest.raises(FloatingPointError, match=re.escape(message)):
+        t.fit(DeepLabV3(num_classes=7, **SMALL_V3), tiny_data())  # 8 images, batch 4: 2 steps per epoch
 
 
 @pytest.mark.parametrize(

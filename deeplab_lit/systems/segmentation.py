@@ -286,11 +286,8 @@ class SegmentationModule(L.LightningModule):
         if "aux" in out:
             aux = hard_pixel_loss(upsample_to(out["aux"], y.shape[-2:]), y, ignore, top_k)
             loss = loss + self.hparams.aux_weight * aux
-        if stage == "train" and not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss ({loss.item()}) at global step {self.global_step}, epoch {self.current_epoch}, "
-                f"batch {batch_idx}; the weights before this step are in the last checkpoint"
-            )
+        if stage == "train":
+            self._stop_if_non_finite(loss, batch_idx)
         self.metrics[f"{stage}_metrics"].update(logits.detach().argmax(1), y)
         self.log(
             f"{stage}/loss",
@@ -302,6 +299,32 @@ class SegmentationModule(L.LightningModule):
             sync_dist=stage != "train",
         )
         return loss
+
+    def _stop_if_non_finite(self, loss: Tensor, batch_idx: int) -> None:
+        """Stop training on a non-finite loss, every process together: the losses are gathered (one scalar per
+        process and step), so the processes whose loss is finite stop too instead of failing or waiting in DDP's
+        gradient all-reduce (NCCL: until its timeout) for the one that stopped."""
+        losses = loss.detach().float().reshape(1)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            losses = self.all_gather(losses).reshape(-1)  # (world_size,)
+        bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+        if not bad:
+            return
+        where = ", ".join(f"rank {r}: {losses[r].item()}" for r in bad) if len(losses) > 1 else str(losses[0].item())
+        saved = self._newest_checkpoint()
+        raise FloatingPointError(
+            f"non-finite loss ({where}) at global step {self.global_step}, epoch {self.current_epoch}, batch "
+            f"{batch_idx}; " + (f"the newest checkpoint is {saved}" if saved else "no checkpoint was saved yet")
+        )
+
+    def _newest_checkpoint(self) -> str | None:
+        """The newest checkpoint file this run saved or resumed from, if any."""
+        if self._trainer is None:
+            return None
+        trainer = self.trainer
+        paths = [p for cb in trainer.checkpoint_callbacks for p in (cb.last_model_path, cb.best_model_path)]
+        saved = [str(p) for p in [*paths, trainer.ckpt_path] if p and os.path.isfile(p)]
+        return max(saved, key=os.path.getmtime) if saved else None
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Dropout draws from the global generator: seeded from (seed, rank, step), a run resumed from last.ckpt

@@ -3,6 +3,8 @@
 # address from SLURM's variables (no torchrun). Edit the header for your cluster, then
 #   sbatch experiments/launch/slurm.sh RECIPE.yaml [more CLI arguments]
 # The global batch is data.batch_size × nodes × GPUs per node.
+# Every start passes --ckpt_path last: a requeued job resumes its run from the newest last.ckpt into the same run
+# folder; the first start finds none and trains from scratch (both say so in the log).
 #SBATCH --job-name=deeplab
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=4        # = --gpus-per-node: one process per GPU
@@ -18,5 +20,7 @@ shift
 
 # Since Slurm 22.05 srun does not pass --cpus-per-task on to the tasks; --kill-on-bad-exit ends every task when one
 # fails, where the others would wait in NCCL until its timeout.
-srun --cpus-per-task="$SLURM_CPUS_PER_TASK" --kill-on-bad-exit=1 python -m deeplab_lit fit --config "$RECIPE" --config experiments/configs/_base/trainer_ddp4.yaml \
-    --trainer.num_nodes "$SLURM_NNODES" --trainer.devices "$SLURM_NTASKS_PER_NODE" "$@"
+srun --cpus-per-task="$SLURM_CPUS_PER_TASK" --kill-on-bad-exit=1 \
+    python -m deeplab_lit fit --config "$RECIPE" --config experiments/configs/_base/trainer_ddp4.yaml \
+    --trainer.num_nodes "$SLURM_NNODES" --trainer.devices "$SLURM_NTASKS_PER_NODE" \
+    --ckpt_path last "$@"
