@@ -264,7 +264,17 @@ class Xception65Backbone(Backbone):
         return {"low_level": low, "mid": mid, "out": out}
 
 
-BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "xception65")
+BACKBONES = (
+    "vgg16",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet50_beta",
+    "resnet101_beta",
+    "mobilenet_v2",
+    "xception65",
+)
 
 
 def build_backbone(
@@ -274,8 +284,12 @@ def build_backbone(
     weights: str | None = None,
 ) -> tuple[Backbone, dict[str, Tensor]]:
     """Build a backbone by name, optionally with ImageNet weights; also return unused weight entries."""
-    if name.startswith("resnet") and name in BACKBONES:
-        backbone: Backbone = ResNetBackbone(name, output_stride, multi_grid)
+    if name.endswith("_beta") and name in BACKBONES:
+        from .resnet_beta import ResNetBetaBackbone  # it builds on this module's Backbone
+
+        backbone: Backbone = ResNetBetaBackbone(name, output_stride, multi_grid)
+    elif name.startswith("resnet") and name in BACKBONES:
+        backbone = ResNetBackbone(name, output_stride, multi_grid)
     elif multi_grid is not None:
         raise ValueError(f"multi_grid applies to ResNet backbones only, not {name!r}")
     elif name == "vgg16":

@@ -1,0 +1,106 @@
+"""ResNet-v1-beta, the ResNet of TF DeepLab (``research/deeplab/core/resnet_v1_beta.py``).
+
+Two differences from torchvision's ResNet: the 7x7 stem is three 3x3 convolutions (64, 64, 128), and a block's
+stride sits in its *last* unit (slim's convention), so block1's first two units run at stride 4 and DeepLab's
+stride-4 decoder features are ``block1/unit_2``'s output. Module names follow the TF scopes, so a converted
+checkpoint maps one to one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from .backbones import Backbone, Features, dilation_plan, set_dilation
+
+UNITS = {"resnet50_beta": (3, 4, 6, 3), "resnet101_beta": (3, 4, 23, 3)}
+
+
+def conv_bn(in_channels: int, out_channels: int, kernel_size: int, relu: bool = True) -> nn.Sequential:
+    """slim's conv2d with batch norm (and ReLU); 'same' padding is symmetric here as in slim's ``conv2d_same``."""
+    layers = [
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+    ]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
+
+
+class BottleneckV1(nn.Module):
+    """slim's ``bottleneck_v1``: 1x1 → 3x3 (stride, rate) → 1x1, BN after each conv, ReLU after the sum.
+
+    The shortcut is a 1x1 conv + BN where the depth changes, otherwise the input subsampled by the stride.
+    """
+
+    def __init__(self, in_channels: int, depth: int, bottleneck: int) -> None:
+        super().__init__()
+        self.shortcut = conv_bn(in_channels, depth, 1, relu=False) if in_channels != depth else None
+        self.conv1 = conv_bn(in_channels, bottleneck, 1)
+        self.conv2 = conv_bn(bottleneck, bottleneck, 3)
+        self.conv3 = conv_bn(bottleneck, depth, 1, relu=False)
+        self.relu = nn.ReLU(inplace=True)
+
+    def set_geometry(self, stride: int, rate: int) -> None:
+        set_dilation(self.conv2[0], rate, stride)
+        if self.shortcut is not None:
+            self.shortcut[0].stride = (stride, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.conv2[0].stride[0]
+        shortcut = self.shortcut(x) if self.shortcut is not None else x[:, :, ::s, ::s]
+        return self.relu(shortcut + self.conv3(self.conv2(self.conv1(x))))
+
+
+class ResNetBetaBackbone(Backbone):
+    """ResNet-50/101-v1-beta with output stride 8/16/32 and multi-grid in block4, as TF DeepLab builds it.
+
+    Strides become rates exactly as slim's ``stack_blocks_dense``: the unit that would pass the output stride
+    keeps stride 1 at the current rate and every later unit uses the multiplied rate; block4's unit ``i`` uses
+    ``rate * multi_grid[i]``. Features: ``low_level`` = block1/unit_2 (256 channels, stride 4), ``mid`` = block2
+    (512, stride min(16, OS)), ``out`` = block4 (2048, stride OS). ``base_depth`` narrows every layer (64 in the
+    paper; the tests build narrow ones).
+    """
+
+    def __init__(
+        self,
+        name: str = "resnet101_beta",
+        output_stride: int = 16,
+        multi_grid: Sequence[int] | None = None,
+        base_depth: int = 64,
+    ) -> None:
+        super().__init__(output_stride)
+        units = UNITS[name]
+        if multi_grid is not None and len(multi_grid) != units[3]:
+            raise ValueError(f"multi_grid {tuple(multi_grid)} needs one rate per unit of block4 ({units[3]} units)")
+        self.multi_grid = tuple(multi_grid) if multi_grid is not None else (1,) * units[3]
+        w = base_depth
+        self.conv1_1, self.conv1_2, self.conv1_3 = conv_bn(3, w, 3), conv_bn(w, w, 3), conv_bn(w, 2 * w, 3)
+        self.conv1_1[0].stride = (2, 2)
+        self.pool1 = nn.MaxPool2d(3, stride=2, padding=1)
+        in_channels, self.blocks = 2 * w, nn.ModuleList()
+        for i, n in enumerate(units):
+            depth = w * 2**i
+            self.blocks.append(nn.Sequential(*(BottleneckV1(in_channels if j == 0 else 4 * depth, 4 * depth, depth)
+                                               for j in range(n))))  # fmt: skip
+            in_channels = 4 * depth
+        self.low_level_channels, self.mid_channels, self.out_channels = 4 * w, 8 * w, 32 * w
+        # the stride of blocks 1-3 is in their last unit; block4 keeps stride 1
+        self.nominal_strides = [2 if j == n - 1 and i < 3 else 1 for i, n in enumerate(units) for j in range(n)]
+        self.set_output_stride(output_stride)
+
+    def units(self) -> list[BottleneckV1]:
+        return [unit for block in self.blocks for unit in block]
+
+    def _apply_output_stride(self, output_stride: int) -> None:
+        plan = dilation_plan(self.nominal_strides, output_stride, stride=4)
+        last = self.blocks[3]
+        for unit, (stride, rate, _) in zip(self.units(), plan, strict=True):
+            grid = self.multi_grid[list(last).index(unit)] if any(unit is u for u in last) else 1
+            unit.set_geometry(stride, rate * grid)
+
+    def forward(self, x: Tensor) -> Features:
+        x = self.pool1(self.conv1_3(self.conv1_2(self.conv1_1(x))))  # (B, 128, H/4, W/4)
+        block1 = self.blocks[0]
+        low = block1[:-1](x)  # (B, 256, H/4, W/4): before block1's strided last unit
+        mid = self.blocks[1](block1[-1](low))  # (B, 512, H/min(16, OS), ...)
+        return {"low_level": low, "mid": mid, "out": self.blocks[3](self.blocks[2](mid))}  # (B, 2048, H/OS, W/OS)
