@@ -45,10 +45,15 @@ class BottleneckV1(nn.Module):
         if self.shortcut is not None:
             self.shortcut[0].stride = (stride, stride)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def branch_and_output(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The residual branch (``conv3``'s output after BN) and the unit's output."""
         s = self.conv2[0].stride[0]
         shortcut = self.shortcut(x) if self.shortcut is not None else x[:, :, ::s, ::s]
-        return self.relu(shortcut + self.conv3(self.conv2(self.conv1(x))))
+        branch = self.conv3(self.conv2(self.conv1(x)))
+        return branch, self.relu(shortcut + branch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.branch_and_output(x)[1]
 
 
 class ResNetBetaBackbone(Backbone):
@@ -56,9 +61,10 @@ class ResNetBetaBackbone(Backbone):
 
     Strides become rates exactly as slim's ``stack_blocks_dense``: the unit that would pass the output stride
     keeps stride 1 at the current rate and every later unit uses the multiplied rate; block4's unit ``i`` uses
-    ``rate * multi_grid[i]``. Features: ``low_level`` = block1/unit_2 (256 channels, stride 4), ``mid`` = block2
-    (512, stride min(16, OS)), ``out`` = block4 (2048, stride OS). ``base_depth`` narrows every layer (64 in the
-    paper; the tests build narrow ones).
+    ``rate * multi_grid[i]``. Features: ``low_level`` = ``block1/unit_2/bottleneck_v1/conv3`` (256 channels,
+    stride 4: the residual branch before the sum and ReLU, the end point TF DeepLab's decoder reads), ``mid`` =
+    block2 (512, stride min(16, OS)), ``out`` = block4 (2048, stride OS). ``base_depth`` narrows every layer (64
+    in the paper; the tests build narrow ones).
     """
 
     def __init__(
@@ -101,6 +107,6 @@ class ResNetBetaBackbone(Backbone):
     def forward(self, x: Tensor) -> Features:
         x = self.pool1(self.conv1_3(self.conv1_2(self.conv1_1(x))))  # (B, 128, H/4, W/4)
         block1 = self.blocks[0]
-        low = block1[:-1](x)  # (B, 256, H/4, W/4): before block1's strided last unit
-        mid = self.blocks[1](block1[-1](low))  # (B, 512, H/min(16, OS), ...)
+        low, x = block1[1].branch_and_output(block1[0](x))  # (B, 256, H/4, W/4) each
+        mid = self.blocks[1](block1[2:](x))  # (B, 512, H/min(16, OS), ...)
         return {"low_level": low, "mid": mid, "out": self.blocks[3](self.blocks[2](mid))}  # (B, 2048, H/OS, W/OS)

@@ -23,11 +23,13 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..export import load_exported
 from ..inference import TTA, CRFParams, CRFPool
 from ..metrics import SegmentationMetrics
 from ..nets import DeepLabNet, convert_torchvision_deeplabv3, load_checked, upsample_to
 from ..nets.msc import check_scales, multi_scale_forward
+from ..nets.tf_zoo import is_tf_checkpoint, load_tf_checkpoint
 from ..nets.weights import read_state_dict
 
 STAGES = ("train", "val", "test")
@@ -158,10 +160,16 @@ class SegmentationModule(L.LightningModule):
         return self
 
     def load_network(self, source: str, reset_classifier: bool = False) -> None:
-        """Load network weights from a Lightning checkpoint, a network state dict or torchvision's DeepLabV3.
+        """Load network weights from a Lightning checkpoint, a network state dict, torchvision's DeepLabV3 or a
+        TF DeepLab checkpoint (its prefix ``.../model.ckpt``, strictly: every variable used).
 
         A different class count is an error unless ``reset_classifier`` re-initialises the classifiers.
         """
+        if is_tf_checkpoint(source):
+            if reset_classifier:
+                raise ConfigError(f"reset_classifier applies to PyTorch checkpoints; {source} is a TF checkpoint")
+            load_tf_checkpoint(self.net, source)
+            return
         state = read_state_dict(source, "deeplab")
         if any(k.startswith("net.") for k in state):
             state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
