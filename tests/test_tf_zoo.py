@@ -70,18 +70,24 @@ def test_converted_network_matches_the_tf_reference(name, tmp_path) -> None:
     assert keys == ["logits_65x65_os16", "logits_65x65_os8", "logits_97x129_os16", "logits_64x96_os16"]
     for key in keys:
         assert max_diff(net, expected, key) < 1e-4, key
-    # each TF semantic is needed: switched back to PyTorch's, the same weights give other logits
-    for option, key in [("align_corners", "logits_65x65_os16"), ("tf_same_padding", "logits_64x96_os16")]:
-        other = NETS[name](**{option: False})
-        load_tf_checkpoint(other, prefix)
-        assert max_diff(other, expected, key) > 1e-2, option
 
 
-def test_mobilenet_needs_tf_batch_norm_epsilon(tmp_path) -> None:
-    prefix, expected = unpack("mobilenetv2_dm05", tmp_path)
-    net = mobilenet_v3(backbone_bn_eps=None)
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "option", "key"),
+    [
+        ("mobilenetv2_dm05", {"align_corners": False}, "logits_65x65_os16"),
+        ("mobilenetv2_dm05", {"tf_same_padding": False}, "logits_64x96_os16"),
+        ("mobilenetv2_dm05", {"backbone_bn_eps": None}, "logits_65x65_os16"),
+        ("resnet50_beta_v3plus", {"align_corners": False}, "logits_65x65_os16"),
+        ("resnet50_beta_v3plus", {"tf_same_padding": False}, "logits_64x96_os16"),
+    ],
+)
+def test_each_tf_semantic_is_needed(name, option, key, tmp_path) -> None:
+    prefix, expected = unpack(name, tmp_path)
+    net = NETS[name](**option)  # switched back to PyTorch's: the same weights give other logits
     load_tf_checkpoint(net, prefix)
-    assert max_diff(net, expected, "logits_65x65_os16") > 1e-3
+    assert max_diff(net, expected, key) > 1e-2
 
 
 def test_a_checkpoint_that_does_not_fit_is_refused_naming_the_file_and_variables_and_nothing_is_loaded(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .backbones import Backbone, Features, dilation_plan, set_dilation
 
 UNITS = {"resnet50_beta": (3, 4, 6, 3), "resnet101_beta": (3, 4, 23, 3)}
@@ -77,7 +78,7 @@ class ResNetBetaBackbone(Backbone):
         super().__init__(output_stride)
         units = UNITS[name]
         if multi_grid is not None and len(multi_grid) != units[3]:
-            raise ValueError(f"multi_grid {tuple(multi_grid)} needs one rate per unit of block4 ({units[3]} units)")
+            raise ConfigError(f"multi_grid {tuple(multi_grid)} needs one rate per unit of block4 ({units[3]} units)")
         self.multi_grid = tuple(multi_grid) if multi_grid is not None else (1,) * units[3]
         w = base_depth
         self.conv1_1, self.conv1_2, self.conv1_3 = conv_bn(3, w, 3), conv_bn(w, w, 3), conv_bn(w, 2 * w, 3)
@@ -86,8 +87,8 @@ class ResNetBetaBackbone(Backbone):
         in_channels, self.blocks = 2 * w, nn.ModuleList()
         for i, n in enumerate(units):
             depth = w * 2**i
-            self.blocks.append(nn.Sequential(*(BottleneckV1(in_channels if j == 0 else 4 * depth, 4 * depth, depth)
-                                               for j in range(n))))  # fmt: skip
+            first = BottleneckV1(in_channels, 4 * depth, depth)
+            self.blocks.append(nn.Sequential(first, *(BottleneckV1(4 * depth, 4 * depth, depth) for _ in range(n - 1))))
             in_channels = 4 * depth
         self.low_level_channels, self.mid_channels, self.out_channels = 4 * w, 8 * w, 32 * w
         # the stride of blocks 1-3 is in their last unit; block4 keeps stride 1
@@ -99,9 +100,8 @@ class ResNetBetaBackbone(Backbone):
 
     def _apply_output_stride(self, output_stride: int) -> None:
         plan = dilation_plan(self.nominal_strides, output_stride, stride=4)
-        last = self.blocks[3]
-        for unit, (stride, rate, _) in zip(self.units(), plan, strict=True):
-            grid = self.multi_grid[list(last).index(unit)] if any(unit is u for u in last) else 1
+        grids = [1] * (len(self.nominal_strides) - len(self.multi_grid)) + list(self.multi_grid)  # block4's units
+        for unit, (stride, rate, _), grid in zip(self.units(), plan, grids, strict=True):
             unit.set_geometry(stride, rate * grid)
 
     def forward(self, x: Tensor) -> Features:

@@ -2,8 +2,9 @@
 
 ``load_tf_checkpoint(net, "model.ckpt")`` fills a ``DeepLabV3Net``/``DeepLabV3PlusNet`` from a zoo checkpoint
 (every variable used, every parameter filled, or one error listing what was not); ``load_tf_backbone`` fills a
-backbone from an ImageNet checkpoint (``backbone_weights="…/model.ckpt"``). The network must be built with the
-graph's semantics, which ``TF_ZOO`` lists per released model.
+backbone from an ImageNet checkpoint (``backbone_weights="…/model.ckpt"``). The network must be built as the
+released graph, with its semantics (``experiments/configs/official/`` per model). Backbones: MobileNetV2 and
+ResNet-v1-beta; Xception-65 is not converted yet.
 """
 
 from __future__ import annotations
@@ -25,19 +26,6 @@ Plan = dict[str, tuple[str, Callable[[Tensor], Tensor]]]  # our state-dict key -
 BOOKKEEPING = ("global_step",)  # TF variables that are not weights
 BOOKKEEPING_SUFFIXES = ("/Momentum", "/ExponentialMovingAverage")  # optimizer slots, if a checkpoint kept them
 HEAD_SCOPES = ("image_pooling/", "aspp", "concat_projection/", "decoder/", "logits/")  # model.py's, not a backbone's
-
-# Each released model's graph as our network's arguments: the TF semantics (BN epsilon of the backbone, SAME
-# padding, align_corners) and its architecture (rates at OS 16, separable convs, no ASPP/decoder).
-_TF = {"align_corners": True, "tf_same_padding": True}
-_XCEPTION = _TF | {"backbone": "xception65", "backbone_bn_eps": 1e-3, "separable": True, "multi_grid": None}
-_MOBILENET = _TF | {"backbone": "mobilenet_v2", "backbone_bn_eps": 1e-3, "rates": (), "multi_grid": None}
-TF_ZOO: dict[str, tuple[str, dict]] = {
-    "xception65_coco_voc_trainaug": ("v3plus", _XCEPTION),
-    "xception65_coco_voc_trainval": ("v3plus", _XCEPTION),
-    "xception65_cityscapes_trainfine": ("v3plus", _XCEPTION),
-    "mobilenetv2_coco_voc_trainaug": ("v3", _MOBILENET),
-    "mobilenetv2_coco_cityscapes_trainfine": ("v3", _MOBILENET),
-}
 
 
 def _conv(w: Tensor) -> Tensor:
