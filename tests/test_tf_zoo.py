@@ -125,3 +125,14 @@ def test_backbone_weights_from_a_tf_checkpoint(tmp_path) -> None:
     assert "logits/semantic/weights" in rest and "aspp0/weights" in rest
     with pytest.raises(CheckpointError, match=r"lacks \(255\): MobilenetV2/\.\.\. \(255\)"):
         MobileNetV2Backbone(16, 0.5).load_imagenet(str(prefix), "mobilenet_v2")
+
+
+@pytest.mark.slow  # 30 s on a loaded 2-core machine, most of it importing Lightning
+def test_init_from_takes_the_tf_checkpoint_prefix(tmp_path) -> None:
+    from deeplab_lit.systems.segmentation import SegmentationModule
+
+    prefix, expected = unpack("mobilenetv2_dm05", tmp_path)
+    module = SegmentationModule(mobilenet_v3(), num_classes=2, init_from=str(prefix))
+    assert max_diff(module.net, expected, "logits_65x65_os16") < 1e-4
+    with pytest.raises(CheckpointError, match="does not fit DeepLabV3PlusNet"):
+        SegmentationModule(resnet_v3plus(), num_classes=2, init_from=str(prefix))
