@@ -275,17 +275,8 @@ class Xception65Backbone(Backbone):
         return {"low_level": low, "mid": mid, "out": out}
 
 
-BACKBONES = (
-    "vgg16",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet50_beta",
-    "resnet101_beta",
-    "mobilenet_v2",
-    "xception65",
-)
+RESNET_BETA = ("resnet50_beta", "resnet101_beta")  # TF DeepLab's ResNet-v1-beta (resnet_beta.py)
+BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", *RESNET_BETA, "mobilenet_v2", "xception65")
 
 
 def build_backbone(
@@ -303,7 +294,7 @@ def build_backbone(
     if isinstance(name, Backbone):
         name.set_output_stride(output_stride)
         backbone, name = name, type(name).__name__
-    elif name.endswith("_beta") and name in BACKBONES:
+    elif name in RESNET_BETA:
         from .resnet_beta import ResNetBetaBackbone  # it builds on this module's Backbone
 
         backbone = ResNetBetaBackbone(name, output_stride, multi_grid)
