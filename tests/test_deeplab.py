@@ -129,7 +129,7 @@ def test_msc_fuses_scales_by_max_and_returns_each() -> None:
     [
         (lambda: build_net("v4", 21), "unknown DeepLab generation 'v4'"),
         (lambda: DeepLabV3Net(0), "num_classes must be positive"),
-        (lambda: DeepLabV3Net(21, rates=()), "atrous rates"),
+        (lambda: DeepLabV3Net(21, rates=(0,)), "atrous rates"),  # () is the 1x1 branch alone
         (lambda: DeepLabV3Net(21, backbone="resnet50", output_stride=64), "cannot give output stride 64"),
         (lambda: DeepLabV3Net(21, backbone="resnet50", cascade_blocks=1, output_stride=128), "output stride 128"),
         (lambda: DeepLabV3PlusNet(21, backbone="vgg19"), "unknown backbone 'vgg19'"),

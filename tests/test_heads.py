@@ -69,12 +69,20 @@ def test_aspp_v2_sums_one_classifier_per_rate() -> None:
     assert direct.rates == (3, 6, 9, 12)
 
 
-@pytest.mark.parametrize("rates", [(), (0, 6), (-1,), (6.5,)])
+@pytest.mark.parametrize("rates", [(0, 6), (-1,), (6.5,)])
 def test_bad_rates_are_rejected(rates) -> None:
     with pytest.raises(ValueError, match="atrous rates must be a non-empty list of positive integers"):
         ASPP(8, rates=rates)
     with pytest.raises(ValueError, match="atrous rates"):
         ASPPv2(8, 3, rates=rates)
+
+
+def test_no_rates_leave_aspp_with_its_1x1_branch_and_v2_refuses_them() -> None:
+    aspp = ASPP(8, rates=(), out_channels=4)  # TF DeepLab's MobileNetV2 head: 1x1 + image pooling
+    assert len(aspp.convs) == 1 and aspp.project[0].in_channels == 8
+    assert aspp(torch.randn(2, 8, 5, 5)).shape == (2, 4, 5, 5)
+    with pytest.raises(ValueError, match="atrous rates"):
+        ASPPv2(8, 3, rates=())
 
 
 def test_atrous_fc_keeps_size_and_rejects_asymmetric_padding() -> None:

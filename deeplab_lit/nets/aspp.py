@@ -139,21 +139,23 @@ class ASPPv2(nn.Module):
 class ImagePooling(nn.Sequential):
     """Image-level features: global average pool → 1x1 conv → BN → ReLU → upsample (V3 §3.3)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, align_corners: bool = False) -> None:
         super().__init__(
             nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)
         )
+        self.align_corners = align_corners
 
     def forward(self, x: Tensor) -> Tensor:
         y = super().forward(F.adaptive_avg_pool2d(x, 1))  # (B, C, 1, 1)
-        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
 class ASPP(nn.Module):
     """V3's ASPP: 1x1 + one 3x3 atrous branch per rate (+ image pooling), concatenated and projected.
 
-    ``rates`` are given at ``rates_stride`` (16 in V3: (6, 12, 18), doubled at OS 8). With
-    ``image_pooling=False`` the branch does not exist (no parameters, no compute).
+    ``rates`` are given at ``rates_stride`` (16 in V3: (6, 12, 18), doubled at OS 8); ``rates=()`` keeps only
+    the 1x1 branch (and image pooling), as TF DeepLab's MobileNetV2 models. With ``image_pooling=False`` the
+    branch does not exist (no parameters, no compute). ``align_corners`` is the image-pooling upsampling's.
     """
 
     def __init__(
@@ -166,15 +168,16 @@ class ASPP(nn.Module):
         dropout: float = 0.1,
         rates_stride: int = 16,
         output_stride: int = 16,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
-        self.base_rates, self.rates_stride = check_rates(rates), rates_stride
+        self.base_rates, self.rates_stride = check_rates(rates) if len(rates) else (), rates_stride
         actual = scale_rates(self.base_rates, rates_stride, output_stride)
         self.convs = nn.ModuleList(
             [ConvBNReLU(in_channels, out_channels)]
             + [ConvBNReLU(in_channels, out_channels, 3, r, separable) for r in actual]
         )
-        self.pooling = ImagePooling(in_channels, out_channels) if image_pooling else None
+        self.pooling = ImagePooling(in_channels, out_channels, align_corners) if image_pooling else None
         branches = len(self.convs) + (self.pooling is not None)
         self.project = nn.Sequential(
             nn.Conv2d(branches * out_channels, out_channels, 1, bias=False),

@@ -80,7 +80,11 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def load_imagenet(self, weights: str, name: str) -> dict[str, Tensor]:
-        """Load ImageNet weights (torchvision/timm name or file); return the entries the backbone left over."""
+        """Load ImageNet weights (torchvision/timm name, file or TF checkpoint); return the entries left over."""
+        from .tf_zoo import is_tf_checkpoint, load_tf_backbone  # tf_zoo builds on this module
+
+        if is_tf_checkpoint(weights):
+            return load_tf_backbone(self, weights)
         state = read_state_dict(weights, name)
         rest = {k: v for k, v in state.items() if k.startswith(self.unused_weight_keys)}
         load_checked(self, {k: v for k, v in state.items() if k not in rest}, source=weights)
@@ -202,14 +206,21 @@ class VGG16Backbone(Backbone):
 
 
 class MobileNetV2Backbone(Backbone):
-    """torchvision MobileNetV2 up to the 320-channel layer (as DeepLab's MobileNetV2 feature extractor)."""
+    """torchvision MobileNetV2 up to the 320-channel layer (as DeepLab's MobileNetV2 feature extractor).
+
+    ``width_mult`` is TF DeepLab's ``depth_multiplier``: below 1 widths are rounded to the nearest integer, not to
+    a multiple of 8, as its feature extractor does (``mobilenetv2_dm05_*`` models).
+    """
 
     unused_weight_keys = ("features.18.", "classifier.")
 
-    def __init__(self, output_stride: int = 16) -> None:
+    def __init__(self, output_stride: int = 16, width_mult: float = 1.0) -> None:
         super().__init__(output_stride)
-        self.features = torchvision.models.mobilenet_v2(weights=None).features[:18]
-        self.low_level_channels, self.mid_channels, self.out_channels = 24, 96, 320
+        net = torchvision.models.mobilenet_v2(width_mult=width_mult, round_nearest=8 if width_mult == 1 else 1)
+        self.features = net.features[:18]
+        self.low_level_channels, self.mid_channels, self.out_channels = (
+            self.features[i].out_channels for i in (3, 13, 17)
+        )
         self.nominal_strides = [self._depthwise(b).stride[0] for b in self.features[1:]]
         self.set_output_stride(output_stride)
 
@@ -264,19 +275,32 @@ class Xception65Backbone(Backbone):
         return {"low_level": low, "mid": mid, "out": out}
 
 
-BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "xception65")
+RESNET_BETA = ("resnet50_beta", "resnet101_beta")  # TF DeepLab's ResNet-v1-beta (resnet_beta.py)
+BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", *RESNET_BETA, "mobilenet_v2", "xception65")
 CAFFE_BACKBONES = ("vgg16_caffe", "resnet101_caffe")  # the DeepLab V1/V2 releases' layouts (caffe_semantics.py)
 
 
 def build_backbone(
-    name: str,
+    name: str | Backbone,
     output_stride: int,
     multi_grid: Sequence[int] | None = None,
     weights: str | None = None,
 ) -> tuple[Backbone, dict[str, Tensor]]:
-    """Build a backbone by name, optionally with ImageNet weights; also return unused weight entries."""
-    if name.startswith("resnet") and name in BACKBONES:
-        backbone: Backbone = ResNetBackbone(name, output_stride, multi_grid)
+    """Build a backbone by name, optionally with ImageNet weights; also return unused weight entries.
+
+    A built ``Backbone`` (e.g. a narrower MobileNetV2) is re-strided to ``output_stride`` and keeps its own
+    multi-grid.
+    """
+    backbone: Backbone
+    if isinstance(name, Backbone):
+        name.set_output_stride(output_stride)
+        backbone, name = name, type(name).__name__
+    elif name in RESNET_BETA:
+        from .resnet_beta import ResNetBetaBackbone  # it builds on this module's Backbone
+
+        backbone = ResNetBetaBackbone(name, output_stride, multi_grid)
+    elif name.startswith("resnet") and name in BACKBONES:
+        backbone = ResNetBackbone(name, output_stride, multi_grid)
     elif multi_grid is not None:
         raise ValueError(f"multi_grid applies to ResNet backbones only, not {name!r}")
     elif name in CAFFE_BACKBONES:

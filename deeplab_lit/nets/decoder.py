@@ -13,6 +13,7 @@ class Decoder(nn.Module):
     """1x1 reduction of the low-level features → concat with the upsampled encoder output → 3x3 convs.
 
     Defaults are the paper's best: 48 low-level channels (Table 1), two [3x3, 256] convs (Table 2).
+    ``align_corners`` is the upsampling's (TF DeepLab resizes with ``align_corners=True``).
     """
 
     def __init__(
@@ -23,8 +24,10 @@ class Decoder(nn.Module):
         channels: int = 256,
         num_convs: int = 2,
         separable: bool = False,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
+        self.align_corners = align_corners
         if num_convs < 1 or low_level_channels < 1:
             raise ValueError(
                 f"decoder needs num_convs >= 1 and low_level_channels >= 1, got {num_convs} and {low_level_channels}"
@@ -38,5 +41,5 @@ class Decoder(nn.Module):
 
     def forward(self, x: Tensor, low_level: Tensor) -> Tensor:
         low = self.reduce(low_level)  # (B, 48, H/4, W/4)
-        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=self.align_corners)
         return self.convs(torch.cat([x, low], dim=1))  # (B, 256, H/4, W/4)

@@ -16,15 +16,16 @@ from .backbones import Backbone, Features, VGG16Backbone, build_backbone
 from .caffe_semantics import Interp, caffe_zoom, check_interp
 from .cascade import CascadedBlocks
 from .decoder import Decoder
+from .tf_semantics import set_bn_eps, use_tf_same_padding
 from .weights import decimate_vgg_fc, load_checked
 
 
-def upsample_to(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear, ``align_corners=False``: logits go to the label size, labels are never downsampled."""
+def upsample_to(x: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
+    """Bilinear, ``align_corners=False`` (TF's ``True`` by switch): logits go to the label size, never the reverse."""
     return (
         x
         if tuple(x.shape[-2:]) == tuple(size)
-        else F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+        else F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
     )
 
 
@@ -47,11 +48,12 @@ class DeepLabNet(nn.Module):
 
     backbone: Backbone
     interp: Interp = "bilinear"  # "caffe": the Caffe releases' Interp layer (caffe_semantics.py)
+    align_corners = False  # how logits are upsampled to the input size
 
     def _init_backbone(
         self,
         num_classes: int,
-        backbone: str,
+        backbone: str | Backbone,
         output_stride: int,
         multi_grid: Sequence[int] | None,
         backbone_weights: str | None,
@@ -86,15 +88,18 @@ class DeepLabNet(nn.Module):
         return self.logits(self.backbone(x))
 
     def upsample(self, logits: Tensor, size: Sequence[int]) -> Tensor:
-        """Logits to the input size: bilinear (``align_corners=False``), or Caffe's ``Interp`` zoom and crop."""
-        return caffe_zoom(logits, size, self.output_stride) if self.interp == "caffe" else upsample_to(logits, size)
+        """Logits to the input size: bilinear (``align_corners=False``, TF's ``True`` by switch), or Caffe's
+        ``Interp`` zoom and crop."""
+        if self.interp == "caffe":
+            return caffe_zoom(logits, size, self.output_stride)
+        return upsample_to(logits, size, self.align_corners)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         size = x.shape[-2:]
         feats = self.backbone(x)
         out = {"out": self.upsample(self.logits(feats), size)}  # (B, classes, H, W)
         if self.aux_classifier is not None:
-            out["aux"] = upsample_to(self.aux_classifier(feats["mid"]), size)
+            out["aux"] = upsample_to(self.aux_classifier(feats["mid"]), size, self.align_corners)
         return out
 
 
@@ -232,13 +237,18 @@ class DeepLabV3Net(DeepLabNet):
     ``rates`` are given at OS 16 and scale with the output stride ((12, 24, 36) at OS 8).
     ``cascade_blocks > 0`` replaces ASPP with block5… (V3 Tables 1–3). ``head_convs`` adds 3x3 convs after
     ASPP (torchvision's DeepLabHead has one); ``aux`` adds the auxiliary head on the stride-16 stage.
+    ``rates=()`` keeps only ASPP's 1x1 branch and image pooling (TF DeepLab's MobileNetV2 models).
+
+    TF semantics, which a network converted from the TF model zoo turns on (``deeplab_lit.nets.tf_zoo``):
+    ``align_corners`` for every bilinear resize, ``backbone_bn_eps`` (1e-3 in TF's Xception and MobileNetV2;
+    None keeps PyTorch's 1e-5) and ``tf_same_padding`` (TF's ``SAME`` where the TF backbone uses it).
     """
 
     def __init__(
         self,
         num_classes: int,
         *,
-        backbone: str = "resnet101",
+        backbone: str | Backbone = "resnet101",
         output_stride: int = 16,
         multi_grid: Sequence[int] | None = (1, 2, 4),
         rates: Sequence[int] = (6, 12, 18),
@@ -250,6 +260,9 @@ class DeepLabV3Net(DeepLabNet):
         cascade_blocks: int = 0,
         backbone_weights: str | None = None,
         aux: bool = False,
+        align_corners: bool = False,
+        backbone_bn_eps: float | None = None,
+        tf_same_padding: bool = False,
     ) -> None:
         super().__init__()
         if cascade_blocks and output_stride not in [2**k for k in range(3, 6 + cascade_blocks)]:
@@ -264,12 +277,19 @@ class DeepLabV3Net(DeepLabNet):
             aux,
         )
         self._output_stride = output_stride
+        self.align_corners = align_corners
+        if backbone_bn_eps is not None:
+            set_bn_eps(self.backbone, backbone_bn_eps)
+        if tf_same_padding:
+            use_tf_same_padding(self.backbone)
         channels = self.backbone.out_channels
         self.aspp = self.cascade = None
         if cascade_blocks:
             self.cascade = CascadedBlocks(cascade_blocks, channels, output_stride, multi_grid)
         else:
-            self.aspp = ASPP(channels, rates, aspp_channels, image_pooling, separable, dropout, 16, output_stride)
+            self.aspp = ASPP(
+                channels, rates, aspp_channels, image_pooling, separable, dropout, 16, output_stride, align_corners
+            )
             channels = aspp_channels
         self.head = nn.Sequential(*(ConvBNReLU(channels, channels, 3, separable=separable) for _ in range(head_convs)))
         self.encoder_channels = channels
@@ -294,14 +314,15 @@ class DeepLabV3Net(DeepLabNet):
 class DeepLabV3PlusNet(DeepLabV3Net):
     """DeepLab V3+: V3's encoder + a decoder on stride-4 features; ``decoder=False`` is V3 for ablations.
 
-    Defaults follow the paper's main model: aligned Xception-65, OS 16, no multi-grid.
+    Defaults follow the paper's main model: aligned Xception-65, OS 16, no multi-grid. The TF switches are
+    ``DeepLabV3Net``'s.
     """
 
     def __init__(
         self,
         num_classes: int,
         *,
-        backbone: str = "xception65",
+        backbone: str | Backbone = "xception65",
         output_stride: int = 16,
         multi_grid: Sequence[int] | None = None,
         rates: Sequence[int] = (6, 12, 18),
@@ -315,6 +336,9 @@ class DeepLabV3PlusNet(DeepLabV3Net):
         decoder_convs: int = 2,
         backbone_weights: str | None = None,
         aux: bool = False,
+        align_corners: bool = False,
+        backbone_bn_eps: float | None = None,
+        tf_same_padding: bool = False,
     ) -> None:
         super().__init__(
             num_classes,
@@ -328,6 +352,9 @@ class DeepLabV3PlusNet(DeepLabV3Net):
             dropout=dropout,
             backbone_weights=backbone_weights,
             aux=aux,
+            align_corners=align_corners,
+            backbone_bn_eps=backbone_bn_eps,
+            tf_same_padding=tf_same_padding,
         )
         self.decoder = None
         if decoder:
@@ -338,6 +365,7 @@ class DeepLabV3PlusNet(DeepLabV3Net):
                 decoder_channels,
                 decoder_convs,
                 separable,
+                align_corners,
             )
             self.classifier = classifier_conv(decoder_channels, num_classes)
 

@@ -96,6 +96,8 @@ class DeepLabV3(SegmentationModule):
 
     ``atrous_rates`` are given at OS 16 and scale with the output stride; ``eval_output_stride=8`` is the
     paper's best inference setting. ``cascade_blocks=3`` is the "going deeper" model instead of ASPP.
+    ``align_corners``, ``backbone_bn_eps`` and ``tf_same_padding`` are TF DeepLab's semantics, for its released
+    checkpoints (``experiments/configs/official/``).
     """
 
     def __init__(
@@ -113,6 +115,9 @@ class DeepLabV3(SegmentationModule):
         cascade_blocks: int = 0,
         backbone_weights: str | None = None,
         aux: bool = False,
+        align_corners: bool = False,
+        backbone_bn_eps: float | None = None,
+        tf_same_padding: bool = False,
         **kwargs: Any,
     ) -> None:
         net = DeepLabV3Net(
@@ -129,6 +134,9 @@ class DeepLabV3(SegmentationModule):
             cascade_blocks=cascade_blocks,
             backbone_weights=backbone_weights,
             aux=aux,
+            align_corners=align_corners,
+            backbone_bn_eps=backbone_bn_eps,
+            tf_same_padding=tf_same_padding,
         )
         super().__init__(net, num_classes=num_classes, **kwargs)
 
@@ -156,6 +164,9 @@ class DeepLabV3Plus(SegmentationModule):
         decoder_convs: int = 2,
         backbone_weights: str | None = None,
         aux: bool = False,
+        align_corners: bool = False,
+        backbone_bn_eps: float | None = None,
+        tf_same_padding: bool = False,
         **kwargs: Any,
     ) -> None:
         net = DeepLabV3PlusNet(
@@ -174,5 +185,8 @@ class DeepLabV3Plus(SegmentationModule):
             decoder_convs=decoder_convs,
             backbone_weights=backbone_weights,
             aux=aux,
+            align_corners=align_corners,
+            backbone_bn_eps=backbone_bn_eps,
+            tf_same_padding=tf_same_padding,
         )
         super().__init__(net, num_classes=num_classes, **kwargs)

@@ -23,12 +23,14 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..inference import TTA, CRFParams, CRFPool
 from ..inference.exported import load_exported
 from ..metrics import SegmentationMetrics
 from ..nets import DeepLabNet, convert_torchvision_deeplabv3, load_checked, upsample_to
 from ..nets.caffe_convert import read_caffe_state_dict
 from ..nets.msc import check_scales, multi_scale_forward
+from ..nets.tf_zoo import is_tf_checkpoint, load_tf_checkpoint
 from ..nets.weights import read_state_dict
 from .device import check_deterministic, set_cudnn_benchmark
 
@@ -162,11 +164,17 @@ class SegmentationModule(L.LightningModule):
         return self
 
     def load_network(self, source: str, reset_classifier: bool = False) -> None:
-        """Load network weights from a Lightning checkpoint, a network state dict or torchvision's DeepLabV3.
+        """Load network weights from a Lightning checkpoint, a network state dict, torchvision's DeepLabV3 or a
+        TF DeepLab checkpoint (its prefix ``.../model.ckpt``, strictly: every variable used).
 
         A different class count is an error unless ``reset_classifier`` re-initialises the classifiers. A Caffe
         ``.caffemodel`` of the V1/V2 releases loads into a network built as in ``experiments/configs/official/``.
         """
+        if is_tf_checkpoint(source):
+            if reset_classifier:
+                raise ConfigError(f"reset_classifier applies to PyTorch checkpoints; {source} is a TF checkpoint")
+            load_tf_checkpoint(self.net, source)
+            return
         if str(source).endswith(".caffemodel"):
             state = read_caffe_state_dict(self.net, source, skip_classifiers=reset_classifier)
         else:
