@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .aspp import ConvBNReLU
 
 
@@ -26,7 +27,7 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         if num_convs < 1 or low_level_channels < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"decoder needs num_convs >= 1 and low_level_channels >= 1, got {num_convs} and {low_level_channels}"
             )
         self.reduce = ConvBNReLU(low_level_in, low_level_channels)
