@@ -113,12 +113,12 @@ def check_ckpt_path(config: Namespace) -> dict[str, Any]:
         )
     hparams = ckpt.get("hyper_parameters", {})
     model = config[config.subcommand].get("model")
-    ours, theirs = (model or {}).get("class_path"), hparams.get("_class_path")
-    if ours and theirs and ours.rpartition(".")[2] != theirs.rpartition(".")[2]:
+    ours = (model or {}).get("class_path", "").rpartition(".")[2]
+    theirs = hparams.get("_class_path", "").rpartition(".")[2]
+    if ours and theirs and ours != theirs:
         raise ConfigError(
-            f"--ckpt_path {path} is a {theirs.rpartition('.')[2]} checkpoint, but the config or --model names "
-            f"{ours.rpartition('.')[2]}; drop --model (the checkpoint's class is used) or use a checkpoint of "
-            f"{ours.rpartition('.')[2]}"
+            f"--ckpt_path {path} is a {theirs} checkpoint, but the config or --model names {ours}; "
+            f"pass --model {theirs} (with a config of that class) or a {ours} checkpoint"
         )
     return hparams
 

@@ -9,6 +9,7 @@ import torch
 
 from conftest import randomize_bn
 from deeplab_lit import cli
+from deeplab_lit.errors import CheckpointError
 from deeplab_lit.export import ExportedSegmenter, Segmenter, export_onnx, export_torchscript, load_exported, main
 from deeplab_lit.nets import DeepLabV3PlusNet
 from deeplab_lit.nets.msc import MSC
@@ -87,7 +88,7 @@ def test_exported_segmenter_rejects_unknown_suffix_and_missing_file(tmp_path) ->
     (tmp_path / "m.txt").write_text("x")
     with pytest.raises(ValueError, match="unknown suffix"):
         ExportedSegmenter(tmp_path / "m.txt")
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found"):
         ExportedSegmenter(tmp_path / "missing.onnx")
 
 
@@ -126,7 +127,7 @@ def test_main_exports_a_plain_checkpoint_with_msc_to_torchscript(tmp_path) -> No
     ("args", "match"),
     [
         (["--format", "tflite", "--output", "m.tflite"], "invalid choice"),
-        (["--format", "onnx", "--output", "m.onnx"], "checkpoint not found"),
+        (["--format", "onnx", "--output", "m.onnx"], "missing.ckpt: no such file"),
     ],
 )
 def test_main_rejects_unknown_format_and_missing_checkpoint(tmp_path, capsys, args, match) -> None:

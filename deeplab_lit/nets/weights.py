@@ -26,7 +26,7 @@ def load_file(path: str | Path, what: str = "weights file") -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as err:  # torch raises anything from IndexError to UnpicklingError for a foreign file
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        detail = f"{type(err).__name__}: {str(err).strip().splitlines()[0]}" if str(err).strip() else type(err).__name__
         raise CheckpointError(
             f"{what} {path} is not a PyTorch checkpoint, or is truncated ({detail}); pass a file written by "
             "torch.save or Lightning"
