@@ -113,8 +113,8 @@ def check_ckpt_path(config: Namespace) -> dict[str, Any]:
         )
     hparams = ckpt.get("hyper_parameters", {})
     model = config[config.subcommand].get("model")
-    ours = (model or {}).get("class_path", "").rpartition(".")[2]
-    theirs = hparams.get("_class_path", "").rpartition(".")[2]
+    ours = ((model or {}).get("class_path") or "").rpartition(".")[2]
+    theirs = (hparams.get("_class_path") or "").rpartition(".")[2]
     if ours and theirs and ours != theirs:
         raise ConfigError(
             f"--ckpt_path {path} is a {theirs} checkpoint, but the config or --model names {ours}; "

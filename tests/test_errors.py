@@ -255,3 +255,19 @@ def test_debug_environment_variable_shows_the_traceback(t) -> None:
 def check_traceback(result: subprocess.CompletedProcess, message: str) -> None:
     assert result.returncode == 1 and "Traceback (most recent call last)" in result.stderr, result.stderr
     assert message in result.stderr and "error: " not in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_errors_in_ddp_processes_are_short_too(tmp_path) -> None:
+    root = write_folder(tmp_path / "data")
+    for i in (1, 2, 3):  # every process meets a mis-sized mask in its first batch (setup decodes f0 only)
+        Image.new("L", (20, 20)).save(root / f"train/masks/f{i}.png")
+    args = cli(
+        SimpleNamespace(out=str(tmp_path / "out")), "fit", *V3PLUS, "--data", "FolderDataModule", "--data.root",
+        str(root), "--data.class_names", "[a, b, c]", "--data.crop_size", "32", "--data.batch_size", "2",
+        "--data.num_workers", "0", "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy",
+        "ddp", "--trainer.max_epochs", "1", "--trainer.num_sanity_val_steps", "0",
+    )  # fmt: skip
+    result = run(args)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "error: mask" in result.stderr and "is 20x20 but image" in result.stderr
