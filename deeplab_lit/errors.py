@@ -1,8 +1,8 @@
 """The project's error types for what a user can get wrong.
 
-The CLI turns a :class:`UserError` into a short message (exit status 1, no traceback unless ``--debug``);
-any other exception keeps its traceback. Each is also a ``ValueError``, so callers of the Python API can catch
-them as before.
+The CLI turns a :class:`UserError` into a short message (exit status 1, no traceback unless ``--debug`` or
+``DEEPLAB_LIT_DEBUG=1``) through :func:`reported`; any other exception keeps its traceback. Each is also a
+``ValueError``, so callers of the Python API can catch them as before.
 """
 
 from __future__ import annotations
