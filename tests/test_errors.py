@@ -36,21 +36,11 @@ def cli(t: SimpleNamespace, *args: str) -> list[str]:
 
 
 def export(t: SimpleNamespace, output: str, ckpt: str | None = None) -> list[str]:
-    return [
-        "deeplab_lit.export",
-        "--ckpt",
-        ckpt or t.v3plus,
-        "--format",
-        "onnx",
-        "--size",
-        "32",
-        "32",
-        "--output",
-        output,
-    ]
+    args = ["--ckpt", ckpt or t.v3plus, "--format", "onnx", "--size", "32", "32", "--output", output]
+    return ["deeplab_lit.export", *args]
 
 
-# name: (command after `python -m`, strings the message must hold, extra environment)
+# name: (the command after `python -m`, the strings its message must hold)
 CASES = {
     "backbone name": (lambda t: cli(t, "fit", *V3, "--model.backbone", "resnet7", *SHAPES), ["resnet7", "backbone"]),
     "output stride 7": (
@@ -160,19 +150,14 @@ def t(tmp_path_factory) -> SimpleNamespace:
     tmp = tmp_path_factory.mktemp("errors")
     (tmp / "empty").mkdir()
     (tmp / "notes.txt").write_text("not a checkpoint\n")
-    trees = {name: write_voc(tmp / name) for name in ("voc_labels", "voc_split", "voc_corrupt")}
-    for name, damage in (
-        ("voc_labels", break_labels),
-        ("voc_split", break_split),
-        ("voc_corrupt", break_corrupt_image),
-    ):
+    damages = {"voc_labels": break_labels, "voc_split": break_split, "voc_corrupt": break_corrupt_image}
+    trees = {name: write_voc(tmp / name) for name in damages}
+    for name, damage in damages.items():
         damage(trees[name] / "VOC2012")
     bad_size = write_folder(tmp / "bad_size")
     Image.new("L", (20, 20)).save(bad_size / "train/masks/f2.png")  # not the first pair, which setup decodes
     for name, model, data in (("v3", V3, ["--data.shapes", "[circle, ring]"]), ("v3plus", V3PLUS, [])):
-        run = main(
-            [*model, *SHAPES, *data, "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp)], run=False
-        )
+        run = main([*model, *SHAPES, *data, *trainer(SimpleNamespace(out=str(tmp)))], run=False)
         run.trainer.strategy.connect(run.model)
         run.trainer.save_checkpoint(tmp / f"{name}.ckpt")
     data = (tmp / "v3.ckpt").read_bytes()
