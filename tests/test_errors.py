@@ -1,7 +1,7 @@
 """Expected user errors through the real command line: exit status 1, the file or argument named, no traceback.
 
 Each case is a real ``python -m deeplab_lit ...`` process; the trees and checkpoints are written once per module and
-the processes run three at a time. Ten cases run by default (about 75 s of CPU), the rest are marked ``slow``.
+the processes run three at a time. Ten cases (and the debug switch) run by default, the rest are marked ``slow``.
 """
 
 import os
@@ -169,7 +169,7 @@ def t(tmp_path_factory) -> SimpleNamespace:
 
 
 def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(env or {})}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}  # three processes share two cores: no spinning threads
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, env=env)
 
 
