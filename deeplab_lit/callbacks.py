@@ -20,6 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from PIL import Image
 
 from .data.transforms import EvalPreset
+from .errors import ConfigError
 from .nets import upsample_to
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.label_ids and not hasattr(trainer.datamodule, "to_label_ids"):
-            raise ValueError(
+            raise ConfigError(
                 f"--prediction.label_ids needs a dataset with official label ids (Cityscapes); "
                 f"{type(trainer.datamodule).__name__} has none"
             )

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import data  # noqa: F401  (registers the datamodules for --data NAME)
 from .data.datamodule import SegmentationDataModule
 from .data.voc import DataError
+from .errors import ConfigError
 
 
 class _Checked(Dataset):
@@ -73,6 +74,8 @@ def datamodule_from_args(argv: list[str]) -> SegmentationDataModule:
     for arg in args:
         if arg == "--config" or arg.startswith("--config="):
             path = arg.split("=", 1)[1] if "=" in arg else next(args)
+            if not Path(path).is_file():
+                raise ConfigError(f"--config {path}: no such file")
             data_config = (yaml.safe_load(Path(path).read_text()) or {}).get("data") or {}
             section = {
                 "class_path": data_config.get("class_path", section.get("class_path")),
@@ -80,7 +83,7 @@ def datamodule_from_args(argv: list[str]) -> SegmentationDataModule:
             }
         else:
             rest.append(arg)
-    parser = ArgumentParser(prog="python -m deeplab_lit check-data", description=__doc__)
+    parser = ArgumentParser(prog="python -m deeplab_lit check-data", description=__doc__, exit_on_error=False)
     parser.add_subclass_arguments(SegmentationDataModule, "data", required=True)
     if section.get("class_path"):
         parser.set_defaults(data=section)

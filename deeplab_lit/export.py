@@ -15,15 +15,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import os
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from . import systems
+from .errors import CheckpointError, ConfigError, reported
 from .inference.exported import ONNX_SUFFIXES, TORCHSCRIPT_SUFFIXES, ExportedSegmenter, load_exported, quiet_tracing
 from .nets import upsample_to
 from .nets.msc import MSC
+from .nets.weights import load_file
 
 # ExportedSegmenter and load_exported live in inference (systems runs them); kept importable from here.
 __all__ = ["ExportedSegmenter", "Segmenter", "export_onnx", "export_torchscript", "load_exported", "load_module"]
@@ -106,24 +109,39 @@ def module_class(hparams: dict) -> type:
         module, _, name = hparams["_class_path"].rpartition(".")
         cls = getattr(importlib.import_module(module), name)
         if not (isinstance(cls, type) and issubclass(cls, systems.SegmentationModule)):
-            raise ValueError(f"{hparams['_class_path']} is not a SegmentationModule")
+            raise CheckpointError(f"{hparams['_class_path']} is not a SegmentationModule")
         return cls
     generations = (systems.DeepLabV1, systems.DeepLabV2, systems.DeepLabV3, systems.DeepLabV3Plus)
     found = [c for c in generations if set(inspect.signature(c).parameters) - {"kwargs"} <= set(hparams)]
     if len(found) != 1:
-        raise ValueError(f"cannot tell the model class from the checkpoint's hyperparameters (matches: {found})")
+        raise CheckpointError(f"cannot tell the model class from the checkpoint's hyperparameters (matches: {found})")
     return found[0]
 
 
-def load_module(ckpt: str | Path) -> nn.Module:
+def load_module(ckpt: str | Path, what: str = "checkpoint") -> nn.Module:
     """A Lightning checkpoint of any generation as its ``SegmentationModule`` on the CPU (no weight downloads)."""
-    hparams = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+    hparams = load_file(ckpt, what).get("hyper_parameters", {})
     cls = module_class(hparams)
     return cls.load_from_checkpoint(ckpt, map_location="cpu", backbone_weights=None, init_from=None).eval()
 
 
+def _check_output(output: str, suffixes: tuple[str, ...], fmt: str) -> None:
+    path = Path(output)
+    if path.suffix not in suffixes:
+        raise ConfigError(f"--output {output} does not fit --format {fmt}: end its name in {' or '.join(suffixes)}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--output {output}: cannot create its folder ({err}); choose a writable path") from None
+    if not os.access(path.parent, os.W_OK):
+        raise ConfigError(f"--output {output}: the folder {path.parent} is not writable; choose a writable path")
+
+
 def main(argv: list[str] | None = None) -> Path:
-    """``python -m deeplab_lit.export``: export a checkpoint's network (with its MSC scales, if it uses them)."""
+    """``python -m deeplab_lit.export``: export a checkpoint's network (with its MSC scales, if it uses them).
+
+    A user error ends in a one-line ``error: ...`` and exit status 1 (``--debug`` shows its traceback).
+    """
     parser = argparse.ArgumentParser(prog="python -m deeplab_lit.export", description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", required=True, help="Lightning checkpoint (.ckpt)")
     parser.add_argument("--format", required=True, choices=["onnx", "torchscript"])
@@ -132,17 +150,17 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--size", type=int, nargs=2, default=(513, 513), metavar=("H", "W"), help="example input")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--static", action="store_true", help="ONNX: fix the input size to --size (batch 1)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    if not Path(args.ckpt).is_file():
-        parser.error(f"checkpoint not found: {args.ckpt}")
-    onnx = args.format == "onnx"
-    if Path(args.output).suffix not in (ONNX_SUFFIXES if onnx else TORCHSCRIPT_SUFFIXES):
-        parser.error(f"--output {args.output} does not fit --format {args.format} (.onnx, or .pt/.ts)")
-    module = load_module(args.ckpt)
-    stride = args.output_stride or module.hparams.get("eval_output_stride")
-    net = MSC(module.net, module.msc_scales) if module.msc_scales else module.net
-    kwargs = {"opset": args.opset, "dynamic": not args.static} if onnx else {}
-    path = (export_onnx if onnx else export_torchscript)(net, args.output, *args.size, output_stride=stride, **kwargs)
+    with reported(args.debug):
+        onnx = args.format == "onnx"
+        _check_output(args.output, ONNX_SUFFIXES if onnx else TORCHSCRIPT_SUFFIXES, args.format)
+        module = load_module(args.ckpt, "--ckpt")
+        stride = args.output_stride or module.hparams.get("eval_output_stride")
+        net = MSC(module.net, module.msc_scales) if module.msc_scales else module.net
+        kwargs = {"opset": args.opset, "dynamic": not args.static} if onnx else {}
+        export = export_onnx if onnx else export_torchscript
+        path = export(net, args.output, *args.size, output_stride=stride, **kwargs)
     print(path)
     return path
 

@@ -141,7 +141,7 @@ def test_main_exports_a_plain_checkpoint_with_msc_to_torchscript(tmp_path) -> No
     ("args", "match"),
     [
         (["--format", "tflite", "--output", "m.tflite"], "invalid choice"),
-        (["--format", "onnx", "--output", "m.onnx"], "checkpoint not found"),
+        (["--format", "onnx", "--output", "m.onnx"], "missing.ckpt: no such file"),
     ],
 )
 def test_main_rejects_unknown_format_and_missing_checkpoint(tmp_path, capsys, args, match) -> None:

@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,20 +14,25 @@ from deeplab_lit.data import DataError, FolderDataModule
 from deeplab_lit.data.folder import FolderSegmentation
 
 
-@pytest.fixture
-def folder(tmp_path):
+def write_folder(root: Path) -> Path:
+    """A 3-class tree: train f0..f3, val f0..f1, 36x44 JPEG images and grayscale masks (top rows 255)."""
     rng = np.random.default_rng(0)
     for split, n in (("train", 4), ("val", 2)):
-        (tmp_path / split / "images").mkdir(parents=True)
-        (tmp_path / split / "masks").mkdir()
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir()
         for i in range(n):
             Image.fromarray(rng.integers(0, 256, (36, 44, 3), dtype=np.uint8)).save(
-                tmp_path / split / "images" / f"f{i}.jpg"
+                root / split / "images" / f"f{i}.jpg"
             )
             labels = rng.integers(0, 3, (36, 44)).astype(np.uint8)
             labels[:2] = 255
-            Image.fromarray(labels, mode="L").save(tmp_path / split / "masks" / f"f{i}.png")
-    return tmp_path
+            Image.fromarray(labels, mode="L").save(root / split / "masks" / f"f{i}.png")
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return write_folder(tmp_path)
 
 
 def test_reads_pairs_by_stem(folder) -> None:

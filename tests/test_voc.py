@@ -27,9 +27,9 @@ def write_pair(root: Path, name: str, size: tuple[int, int], rng: np.random.Gene
     mask.save(root / "SegmentationClass" / f"{name}.png")
 
 
-@pytest.fixture
-def voc(tmp_path) -> Path:
-    root = tmp_path / "VOCdevkit" / "VOC2012"
+def write_voc(parent: Path) -> Path:
+    """A VOC 2012 devkit under ``parent``: ``SPLITS``' images and palette masks, 40-42 x 48 px; returns its root."""
+    root = parent / "VOCdevkit" / "VOC2012"
     for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (root / d).mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -37,7 +37,12 @@ def voc(tmp_path) -> Path:
         (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
         for i, name in enumerate(ids):
             write_pair(root, name, (40 + i, 48), rng)
-    return tmp_path / "VOCdevkit"
+    return parent / "VOCdevkit"
+
+
+@pytest.fixture
+def voc(tmp_path) -> Path:
+    return write_voc(tmp_path)
 
 
 def test_reads_images_and_palette_labels(voc) -> None:

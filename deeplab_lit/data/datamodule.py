@@ -71,10 +71,10 @@ def list_images(path: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"predict path {path} is neither an image file nor a folder")
+        raise DataError(f"predict path {path} (--data.init_args.predict_path) is neither an image file nor a folder")
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path}")
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path} (--data.init_args.predict_path)")
     return files
 
 
@@ -155,7 +155,7 @@ class SegmentationDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 2:
             # BN after image pooling sees one value per channel per image: batch 1 cannot train it
-            raise ValueError(f"batch_size must be at least 2 for BatchNorm in training, got {batch_size}")
+            raise ConfigError(f"batch_size must be at least 2 for BatchNorm in training, got {batch_size}")
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
         self.crop_size, self.scale_range, self.scale_step = crop_size, scale_range, scale_step
         self.mean, self.std = mean, std
@@ -283,7 +283,7 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_path is None:
-            raise ValueError("predict needs images: pass --data.predict_path FILE_OR_FOLDER")
+            raise ConfigError("predict needs images: pass --data.predict_path FILE_OR_FOLDER")
         return DataLoader(
             PredictImages(self.predict_path, self.mean, self.std), batch_size=1, num_workers=self.num_workers
         )
@@ -433,7 +433,7 @@ class FolderDataModule(SegmentationDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
         if colors is not None and len(colors) != len(class_names):
-            raise ValueError(f"{len(colors)} colors given for {len(class_names)} classes")
+            raise ConfigError(f"{len(colors)} colors given for {len(class_names)} classes")
         self.root, self.class_names, self.ignore_label = root, tuple(class_names), ignore_label
         self.num_classes = len(class_names)
         self.palette = [tuple(c) for c in colors] if colors else voc_palette()

@@ -19,6 +19,8 @@ from PIL import Image as PILImage
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from ..errors import ConfigError
+
 SHAPES_CLASSES: tuple[str, ...] = ("background", "circle", "rectangle", "triangle", "star", "cross", "ring")
 SHAPES_PALETTE: list[tuple[int, int, int]] = [
     (0, 0, 0),
@@ -42,7 +44,7 @@ def check_shapes(shapes: Sequence[str] | None) -> tuple[str, ...]:
     shapes = tuple(shapes)
     unknown = [name for name in shapes if name not in SHAPES_CLASSES[1:]]
     if unknown or not shapes or len(set(shapes)) != len(shapes):
-        raise ValueError(f"shapes must be distinct names from {SHAPES_CLASSES[1:]}, got {list(shapes)!r}")
+        raise ConfigError(f"shapes must be distinct names from {SHAPES_CLASSES[1:]}, got {list(shapes)!r}")
     return shapes
 
 
@@ -266,23 +268,23 @@ class ShapesDataset(Dataset):
     ) -> None:
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if len(size) != 2 or min(size) < 16:
-            raise ValueError(f"image_size must be an int or (H, W) with each side >= 16, got {image_size!r}")
+            raise ConfigError(f"image_size must be an int or (H, W) with each side >= 16, got {image_size!r}")
         if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples!r}")
+            raise ConfigError(f"num_samples must be >= 1, got {num_samples!r}")
         if min_objects < 0:
-            raise ValueError(f"min_objects must be >= 0, got {min_objects!r}")
+            raise ConfigError(f"min_objects must be >= 0, got {min_objects!r}")
         if max_objects < min_objects:
-            raise ValueError(f"max_objects must be >= min_objects ({min_objects}), got {max_objects!r}")
+            raise ConfigError(f"max_objects must be >= min_objects ({min_objects}), got {max_objects!r}")
         lo, hi = scale_range
         if not 0 < lo < hi <= 1:
-            raise ValueError(f"scale_range must satisfy 0 < lo < hi <= 1, got {scale_range!r}")
+            raise ConfigError(f"scale_range must satisfy 0 < lo < hi <= 1, got {scale_range!r}")
         if ignore_band < 0:
-            raise ValueError(f"ignore_band must be >= 0, got {ignore_band!r}")
+            raise ConfigError(f"ignore_band must be >= 0, got {ignore_band!r}")
         self.shapes = check_shapes(shapes)
         if not 0 <= textured <= 1:
-            raise ValueError(f"textured must be a probability in [0, 1], got {textured!r}")
+            raise ConfigError(f"textured must be a probability in [0, 1], got {textured!r}")
         if clutter < 0:
-            raise ValueError(f"clutter must be >= 0, got {clutter!r}")
+            raise ConfigError(f"clutter must be >= 0, got {clutter!r}")
         self.classes = ("background", *self.shapes)
         self.num_classes = len(self.classes)
         self.textured, self.clutter = float(textured), int(clutter)

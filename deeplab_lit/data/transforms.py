@@ -16,6 +16,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from ..errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
@@ -31,9 +33,9 @@ class RandomScale(v2.Transform):
         super().__init__()
         lo, hi = scale_range
         if not 0 < lo <= hi:
-            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {tuple(scale_range)}")
+            raise ConfigError(f"scale_range must satisfy 0 < low <= high, got {tuple(scale_range)}")
         if step is not None and step <= 0:
-            raise ValueError(f"scale step must be positive, got {step}")
+            raise ConfigError(f"scale step must be positive, got {step}")
         self.scale_range, self.step = (lo, hi), step
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:

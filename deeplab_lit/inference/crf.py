@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError
+
 try:
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
@@ -60,17 +62,17 @@ class CRFParams:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"CRFParams.{name} must be a number, got {type(value).__name__}")
             if not math.isfinite(value):
-                raise ValueError(f"CRFParams.{name} must be finite, got {value}")
+                raise ConfigError(f"CRFParams.{name} must be finite, got {value}")
         for name in ("sigma_alpha", "sigma_beta", "sigma_gamma"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"CRFParams.{name} must be > 0, got {getattr(self, name)}")
+                raise ConfigError(f"CRFParams.{name} must be > 0, got {getattr(self, name)}")
         for name in ("w1", "w2"):
             if getattr(self, name) < 0:
-                raise ValueError(f"CRFParams.{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"CRFParams.{name} must be >= 0, got {getattr(self, name)}")
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, (int, np.integer)):
             raise TypeError(f"CRFParams.iterations must be an int, got {type(self.iterations).__name__}")
         if self.iterations < 1:
-            raise ValueError(f"CRFParams.iterations must be >= 1, got {self.iterations}")
+            raise ConfigError(f"CRFParams.iterations must be >= 1, got {self.iterations}")
 
 
 # DeepLab-V1 VGG16 LargeFOV release (bi_w 4, bi_xy_std 121, bi_rgb_std 5, pos_w 3, pos_xy_std 3, 10 iterations):
@@ -203,7 +205,7 @@ class CRFPool:
         if not isinstance(params, CRFParams):
             raise TypeError(f"params must be a CRFParams, got {type(params).__name__}")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-            raise ValueError(f"workers must be an int >= 0, got {workers!r}")
+            raise ConfigError(f"workers must be an int >= 0, got {workers!r}")
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds or None, got {timeout!r}")
         methods = multiprocessing.get_all_start_methods()

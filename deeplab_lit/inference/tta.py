@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..nets.deeplab import upsample_to
 from ..nets.msc import check_scales
 
@@ -32,7 +33,7 @@ def _pair(value: object, name: str) -> tuple[int, int]:
     if len(pair) != 2 or not all(isinstance(v, Integral) and not isinstance(v, bool) for v in pair):
         raise TypeError(f"{name} must be an int or a pair (h, w) of ints, got {value!r}")
     if min(pair) <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
+        raise ConfigError(f"{name} must be positive, got {value!r}")
     return int(pair[0]), int(pair[1])
 
 
@@ -43,12 +44,12 @@ def check_window(window: Size2 | None, stride: Size2 | None) -> tuple[tuple[int,
     """
     if window is None:
         if stride is not None:
-            raise ValueError(f"stride {stride!r} is set but window is None; set window too")
+            raise ConfigError(f"stride {stride!r} is set but window is None; set window too")
         return None
     window = _pair(window, "window")
     stride = tuple(max(1, round(2 * w / 3)) for w in window) if stride is None else _pair(stride, "stride")
     if stride[0] > window[0] or stride[1] > window[1]:
-        raise ValueError(f"stride {stride} must not exceed window {window}: windows would leave gaps")
+        raise ConfigError(f"stride {stride} must not exceed window {window}: windows would leave gaps")
     return window, stride
 
 
@@ -133,7 +134,7 @@ class TTA:
     stride: Size2 | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scales", check_scales(self.scales))
+        object.__setattr__(self, "scales", check_scales(self.scales, "scales (--model.init_args.eval_scales)"))
         check_window(self.window, self.stride)
 
     def __call__(self, forward: Forward, x: Tensor, out_size: Sequence[int]) -> Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import ConfigError
 from .aspp import ASPP, ASPPv2, AtrousFC, ImagePooling
 from .backbones import BACKBONES, Backbone, build_backbone, count_parameters
 from .cascade import CascadedBlocks
@@ -23,7 +24,7 @@ GENERATIONS: dict[str, type[DeepLabNet]] = {
 def build_net(generation: str, num_classes: int, **kwargs: object) -> nn.Module:
     """Build a generation's network by name ("v1", "v2", "v3", "v3plus") with its keyword arguments."""
     if generation not in GENERATIONS:
-        raise ValueError(f"unknown DeepLab generation {generation!r}; choose from {tuple(GENERATIONS)}")
+        raise ConfigError(f"unknown DeepLab generation {generation!r}; choose from {tuple(GENERATIONS)}")
     return GENERATIONS[generation](num_classes, **kwargs)
 
 

@@ -8,13 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .backbones import set_dilation
 
 
 def check_rates(rates: Sequence[int]) -> tuple[int, ...]:
     rates = tuple(rates)
     if not rates or any(not isinstance(r, int) or r < 1 for r in rates):
-        raise ValueError(f"atrous rates must be a non-empty list of positive integers, got {rates}")
+        raise ConfigError(
+            f"atrous rates must be a non-empty list of positive integers, got {rates} (--model.init_args.atrous_rates)"
+        )
     return rates
 
 
@@ -69,7 +72,7 @@ class AtrousFC(nn.Sequential):
         self, in_channels: int, channels: int = 1024, kernel_size: int = 3, rate: int = 12, dropout: float = 0.5
     ) -> None:
         if (rate * (kernel_size - 1)) % 2:
-            raise ValueError(f"fc6 kernel {kernel_size} with rate {rate} has no symmetric padding; use an even rate")
+            raise ConfigError(f"fc6 kernel {kernel_size} with rate {rate} has no symmetric padding; use an even rate")
         super().__init__()
         self.fc6 = nn.Conv2d(in_channels, channels, kernel_size, padding=rate * (kernel_size - 1) // 2, dilation=rate)
         self.relu6 = nn.ReLU(inplace=True)

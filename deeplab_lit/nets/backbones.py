@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from ..errors import ConfigError
 from .weights import load_checked, read_state_dict
 
 Features = dict[str, Tensor]
@@ -67,8 +68,9 @@ class Backbone(nn.Module):
 
     def check_output_stride(self, output_stride: int) -> None:
         if output_stride not in self.output_strides:
-            raise ValueError(
-                f"{type(self).__name__} cannot give output stride {output_stride}; allowed: {self.output_strides}"
+            raise ConfigError(
+                f"{type(self).__name__} cannot give output stride {output_stride}; allowed: {self.output_strides} "
+                "(--model.init_args.output_stride, eval_output_stride)"
             )
 
     def set_output_stride(self, output_stride: int) -> None:
@@ -111,7 +113,7 @@ def configure_layer(
     (DeepLabv3 §3.2).
     """
     if multi_grid is not None and len(multi_grid) != len(layer):
-        raise ValueError(f"multi_grid {tuple(multi_grid)} needs one rate per unit ({len(layer)} units)")
+        raise ConfigError(f"multi_grid {tuple(multi_grid)} needs one rate per unit ({len(layer)} units)")
     for i, block in enumerate(layer):
         stride_conv, convs = _layer_convs(block)
         before_stride = convs[: convs.index(stride_conv) + 1] if i == 0 else []
@@ -292,9 +294,12 @@ def build_backbone(
     multi-grid.
     """
     backbone: Backbone
+    names = BACKBONES + CAFFE_BACKBONES
     if isinstance(name, Backbone):
         name.set_output_stride(output_stride)
         backbone, name = name, type(name).__name__
+    elif name not in names:
+        raise ConfigError(f"unknown backbone {name!r} (--model.init_args.backbone); choose from {names}")
     elif name in RESNET_BETA:
         from .resnet_beta import ResNetBetaBackbone  # it builds on this module's Backbone
 
@@ -302,7 +307,9 @@ def build_backbone(
     elif name.startswith("resnet") and name in BACKBONES:
         backbone = ResNetBackbone(name, output_stride, multi_grid)
     elif multi_grid is not None:
-        raise ValueError(f"multi_grid applies to ResNet backbones only, not {name!r}")
+        raise ConfigError(
+            f"multi_grid applies to ResNet backbones only, not {name!r}; pass --model.init_args.multi_grid null"
+        )
     elif name in CAFFE_BACKBONES:
         from .caffe_semantics import CaffeResNetBackbone, CaffeVGG16Backbone  # imports this module
 
@@ -311,10 +318,8 @@ def build_backbone(
         backbone = VGG16Backbone(output_stride)
     elif name == "mobilenet_v2":
         backbone = MobileNetV2Backbone(output_stride)
-    elif name == "xception65":
-        backbone = Xception65Backbone(output_stride)
     else:
-        raise ValueError(f"unknown backbone {name!r}; choose from {BACKBONES + CAFFE_BACKBONES}")
+        backbone = Xception65Backbone(output_stride)
     rest = backbone.load_imagenet(weights, name.removesuffix("_caffe")) if weights else {}
     return backbone, rest
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
+from ..errors import ConfigError
 from .backbones import configure_layer, dilation_plan
 
 
@@ -32,7 +33,7 @@ class CascadedBlocks(nn.Module):
     ) -> None:
         super().__init__()
         if num_blocks < 1:
-            raise ValueError(f"cascade needs at least one extra block, got num_blocks={num_blocks}")
+            raise ConfigError(f"cascade needs at least one extra block, got num_blocks={num_blocks}")
         self.blocks = nn.Sequential(*(_block4_copy(channels) for _ in range(num_blocks)))
         self.multi_grid = tuple(multi_grid) if multi_grid is not None else None
         self.set_output_stride(output_stride)

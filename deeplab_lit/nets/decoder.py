@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .aspp import ConvBNReLU
 
 
@@ -29,7 +30,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.align_corners = align_corners
         if num_convs < 1 or low_level_channels < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"decoder needs num_convs >= 1 and low_level_channels >= 1, got {num_convs} and {low_level_channels}"
             )
         self.reduce = ConvBNReLU(low_level_in, low_level_channels)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .aspp import ASPP, ASPPv2, AtrousFC, ConvBNReLU, classifier_conv, scale_rates
 from .backbones import Backbone, Features, VGG16Backbone, build_backbone
 from .caffe_semantics import Interp, caffe_zoom, check_interp
@@ -60,7 +61,7 @@ class DeepLabNet(nn.Module):
         aux: bool,
     ) -> dict[str, Tensor]:
         if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
+            raise ConfigError(f"num_classes must be positive, got {num_classes}")
         self.num_classes = num_classes
         self.backbone, rest = build_backbone(backbone, output_stride, multi_grid, backbone_weights)
         self.aux_classifier = FCNHead(self.backbone.mid_channels, num_classes) if aux else None
@@ -138,7 +139,7 @@ class DeepLabV1Net(DeepLabNet):
         self.interp = check_interp(interp)
         self.pool5a = nn.AvgPool2d(3, stride=1, padding=1) if pool5_avg else nn.Identity()
         if msc_features and not isinstance(self.backbone, VGG16Backbone):
-            raise ValueError(f"msc_features taps VGG16's pooling layers; backbone {backbone!r} has none")
+            raise ConfigError(f"msc_features taps VGG16's pooling layers; backbone {backbone!r} has none")
         self.fc_rate = fc_rate
         self.fc = AtrousFC(
             self.backbone.out_channels, fc_channels, fc_kernel, scale_rates([fc_rate], 8, output_stride)[0]
@@ -266,7 +267,7 @@ class DeepLabV3Net(DeepLabNet):
     ) -> None:
         super().__init__()
         if cascade_blocks and output_stride not in [2**k for k in range(3, 6 + cascade_blocks)]:
-            raise ValueError(f"output stride {output_stride} is not a power of 2 in 8…{32 * 2**cascade_blocks}")
+            raise ConfigError(f"output stride {output_stride} is not a power of 2 in 8…{32 * 2**cascade_blocks}")
         # the cascade takes the output stride past the backbone's 32
         self._init_backbone(
             num_classes,

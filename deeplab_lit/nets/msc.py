@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .caffe_semantics import caffe_multi_scale_forward
 from .deeplab import upsample_to
 
@@ -35,7 +36,7 @@ def check_scales(scales: Sequence[float], name: str = "scales") -> tuple[float, 
     """``scales`` as a tuple; ValueError naming ``name`` unless a non-empty sequence of finite positive numbers."""
     valid = (isinstance(s, Real) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in scales)
     if not isinstance(scales, Sequence) or len(scales) == 0 or not all(valid):
-        raise ValueError(f"{name} must be a non-empty sequence of finite positive numbers, got {scales!r}")
+        raise ConfigError(f"{name} must be a non-empty sequence of finite positive numbers, got {scales!r}")
     return tuple(scales)
 
 

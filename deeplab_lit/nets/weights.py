@@ -3,29 +3,53 @@
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
+from ..errors import CheckpointError, ConfigError
 
-def read_state_dict(weights: str | Path, arch: str) -> dict[str, Tensor]:
+
+def load_file(path: str | Path, what: str = "weights file") -> dict[str, Any]:
+    """A checkpoint or state-dict file read on the CPU (tensors and plain data only, memory-mapped).
+
+    A missing file, or one that is not a PyTorch file or is truncated, raises ``CheckpointError`` naming ``what``
+    (the argument, e.g. ``--ckpt_path``) and the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as err:  # torch raises anything from IndexError to UnpicklingError for a foreign file
+        detail = f"{type(err).__name__}: {str(err).strip().splitlines()[0]}" if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{what} {path} is not a PyTorch checkpoint, or is truncated ({detail}); pass a file written by "
+            "torch.save or Lightning"
+        ) from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{what} {path} holds a {type(state).__name__}, not a checkpoint or a state dict")
+    return state
+
+
+def read_state_dict(weights: str | Path, arch: str, what: str = "weights file") -> dict[str, Tensor]:
     """A state dict from a file, or from a torchvision/timm weight name for the architecture ``arch``.
 
     Names: a torchvision enum entry (``"ResNet101_Weights.IMAGENET1K_V2"``), a tag of the architecture's
     torchvision weights (``"DEFAULT"``, ``"IMAGENET1K_V1"``), or a timm tag (``"tf_in1k"``). Names
-    download into the user's cache; files are read on the CPU.
+    download into the user's cache; files are read on the CPU. ``what`` names the argument in errors.
     """
     path = Path(weights)
     if path.suffix in {".pt", ".pth", ".ckpt", ".bin"} or path.exists():
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = load_file(path, what)
+        if "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
-        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-            raise ValueError(f"weights file {path} does not hold a state dict of tensors")
+        if not all(isinstance(v, Tensor) for v in state.values()):
+            raise CheckpointError(f"{what} {path} does not hold a state dict of tensors")
         return state
     name = str(weights)
     if "." in name and "_Weights." in name:
@@ -36,10 +60,12 @@ def read_state_dict(weights: str | Path, arch: str) -> dict[str, Tensor]:
         tags = None
     if tags is not None:
         if name not in tags.__members__:
-            raise ValueError(f"unknown weights {name!r} for {arch}; choose from {list(tags.__members__)} or a file")
+            raise ConfigError(f"unknown weights {name!r} for {arch}; choose from {list(tags.__members__)} or a file")
         return tags[name].get_state_dict(progress=True)
     import timm
 
+    if not timm.is_model(arch):  # e.g. init_from, which takes files only
+        raise CheckpointError(f"{what} {weights}: no such file")
     return timm.create_model(f"{arch}.{name}", pretrained=True).state_dict()
 
 
@@ -59,7 +85,7 @@ def load_checked(module: nn.Module, state: dict[str, Tensor], source: str | Path
             for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
             if keys
         ]
-        raise ValueError(f"weights from {source} do not fit {type(module).__name__}: " + "; ".join(parts))
+        raise CheckpointError(f"weights from {source} do not fit {type(module).__name__}: " + "; ".join(parts))
     module.load_state_dict(state)
 
 
@@ -70,7 +96,7 @@ def decimate_vgg_fc(state: dict[str, Tensor], kernel_size: int, channels: int) -
     taps of the 7x7 grid (7 -> 3 keeps taps 0, 3, 6); fc7 keeps the same rows and columns.
     """
     if 4096 % channels or kernel_size > 7:
-        raise ValueError(f"VGG16 fc layers cannot be decimated to {channels} channels with kernel {kernel_size}")
+        raise ConfigError(f"VGG16 fc layers cannot be decimated to {channels} channels with kernel {kernel_size}")
     step = 4096 // channels
     taps = torch.linspace(0, 6, kernel_size).round().long()
     fc6 = state["classifier.0.weight"].view(4096, 512, 7, 7)[::step][:, :, taps][:, :, :, taps]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..inference import TTA, CRFParams, CRFPool
 from ..inference.exported import load_exported
 from ..metrics import SegmentationMetrics
@@ -116,7 +116,7 @@ class SegmentationModule(L.LightningModule):
         self._crf_pool: CRFPool | None = None
         self.exported = load_exported(exported) if exported else None
         if not 0.0 < top_k_percent_pixels <= 1.0:
-            raise ValueError(f"top_k_percent_pixels must be in (0, 1], got {top_k_percent_pixels}")
+            raise ConfigError(f"--model.init_args.top_k_percent_pixels must be in (0, 1], got {top_k_percent_pixels}")
         self.net = net
         self.optimizer_factory = optimizer
         self.msc_scales = check_scales(msc_scales, "msc_scales") if msc_scales is not None else None
@@ -178,7 +178,7 @@ class SegmentationModule(L.LightningModule):
         if str(source).endswith(".caffemodel"):
             state = read_caffe_state_dict(self.net, source, skip_classifiers=reset_classifier)
         else:
-            state = read_state_dict(source, "deeplab")
+            state = read_state_dict(source, "deeplab", "--model.init_args.init_from")
         if any(k.startswith("net.") for k in state):
             state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
         elif any(k.startswith("classifier.0.convs.") for k in state):
@@ -192,7 +192,7 @@ class SegmentationModule(L.LightningModule):
         else:
             bad = [k for k in head_keys if k in state and state[k].shape != own[k].shape]
             if bad:
-                raise ValueError(
+                raise CheckpointError(
                     f"{source} was trained for {state[bad[0]].shape[0]} classes, this model has "
                     f"{self.hparams.num_classes}; pass reset_classifier=True (--model.reset_classifier true) "
                     "to fine-tune with new classifiers"
