@@ -71,6 +71,7 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_epoch_resumes_with_ckpt_path_last_to_the_same_weights_and_metrics(tmp_path) -> None:
     # the uninterrupted run is also a first start with --ckpt_path last (a SLURM job does that): nothing to resume
     whole = fit(tmp_path / "whole", "--ckpt_path", "last")
@@ -108,6 +109,7 @@ def test_a_run_killed_mid_epoch_resumes_with_ckpt_path_last_to_the_same_weights_
     assert len(rows[1]) > 3 * STEPS_PER_EPOCH and rows[0] == rows[1]
 
 
+@pytest.mark.slow
 def test_a_save_killed_half_way_leaves_the_previous_last_checkpoint_whole(tmp_path) -> None:
     limit = '{"class_path": "test_checkpoints.FileSizeLimit", "init_args": {"epoch": 1, "size": 1000000}}'
     options = ("--checkpoint.save_top_k", "0", "--checkpoint.dirpath", str(tmp_path / "ckpt"))

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 import torch.distributed as dist
 from test_systems import NaNBatch
@@ -185,6 +186,7 @@ def test_ddp_evaluation_counts_every_image_exactly_once(tmp_path) -> None:
     assert len(list((tmp_path / "predictions").glob("shapes_*_overlay.png"))) == 5
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_on_one_rank_stops_every_rank_together(tmp_path) -> None:
     # without the gathered decision only rank 1 raises it, and rank 0 fails in DDP's gradient all-reduce (gloo:
     # "Connection closed by peer"; NCCL waits for its timeout, 30 minutes by default)

@@ -85,6 +85,7 @@ def labelled_pixels() -> int:
     return sum(h * w for h, w in SIZES)
 
 
+@pytest.mark.slow
 def test_batch_size_does_not_change_the_confusion_matrix(mixed_sizes, tmp_path) -> None:
     alone = cli_test(mixed_sizes, tmp_path / "b1", 1, 1)
     batched = cli_test(mixed_sizes, tmp_path / "b3", 3, 1)

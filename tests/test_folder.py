@@ -101,6 +101,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deeplab_lit", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_two_files_with_one_stem_are_an_error_in_check_data_and_fit(folder, tmp_path) -> None:
     Image.open(folder / "train/images/f1.jpg").save(folder / "train/images/f1.png")  # beside f1.jpg
     data = ["--data", "FolderDataModule", "--data.root", str(folder), "--data.class_names", "[a, b, c]",

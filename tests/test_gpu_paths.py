@@ -79,6 +79,7 @@ def test_writers_and_wandb_media_take_device_tensors(tmp_path, monkeypatch) -> N
     )
     trainer.validate(model, ShapesDataModule(**DATA), verbose=False)
     trainer.predict(model, ShapesDataModule(**DATA, predict_path=str(images)), return_predictions=False)
+    logger.experiment.finish()  # a run left open makes later W&B runs in this process fail to start
     assert sum(map(sum, yaml.safe_load((tmp_path / "val_metrics.json").read_text())["confmat"])) == 2 * 32 * 32
     assert (tmp_path / "shapes_00000.png").is_file() and (tmp_path / "shapes_00000_overlay.png").is_file()
 

@@ -3,6 +3,7 @@ run's; images are read as training reads them, 16-bit ones scaled to 8 bits."""
 
 import json
 import logging
+import re
 import struct
 import zlib
 
@@ -113,13 +114,15 @@ def test_outputs_mirror_the_input_tree_and_an_earlier_run_is_counted(weights, tm
     assert sorted(p.name for p in single.iterdir()) == ["predictions.json", "x.png", "x_overlay.png"]
 
 
-def test_two_inputs_with_one_output_name_are_refused_before_predicting(weights, tmp_path) -> None:
+def test_two_inputs_with_one_output_name_are_refused_before_predicting(weights, tmp_path, capsys) -> None:
     images, out = tmp_path / "images", tmp_path / "out"
     (images / "sub").mkdir(parents=True)
     rgb(16, 16).save(images / "sub/x.jpg")
     rgb(16, 16).save(images / "sub/x.png")
-    with pytest.raises(DataError, match=r"sub/x.jpg and .*sub/x.png would both be written as sub/x.png"):
+    with pytest.raises(SystemExit) as stop:  # the CLI reports the DataError as one line, exit status 1
         predict(weights, images, out)
+    assert stop.value.code == 1
+    assert re.search(r"error: .*sub/x.jpg and .*sub/x.png would both be written as sub/x.png", capsys.readouterr().err)
     assert not out.exists() or not any(out.rglob("*.png"))
 
 
