@@ -160,6 +160,7 @@ def test_ckpt_path_last_continues_the_run_folder_of_any_logger(logger, tmp_path,
         wandb = pytest.importorskip("wandb")
         monkeypatch.setenv("WANDB_MODE", "offline")
         monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+        wandb.teardown()  # forget the settings (mode, folder) of an earlier W&B run in this process
         args += ["--trainer.logger.init_args.save_dir", str(tmp_path)]
     first = main(["fit", *SMALL, *args, "--trainer.max_epochs", "1"])
     if logger == "wandb":
