@@ -96,6 +96,11 @@ def read_run(path: Path) -> dict[str, list]:
             pos += block - pos % block
             continue
         _crc, length, kind = struct.unpack("<IHB", buf[pos : pos + 7])
+        if kind == 0:  # zero type: preallocated space, no record
+            pos += 7 + length
+            continue
+        if kind in (1, 2):  # FULL or FIRST chunk starts a record
+            pending = b""
         pending += buf[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST chunk ends a record
