@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .cli import main as cli
 from .data.shapes import write_shapes_images
+from .errors import ShortArgumentParser
 
 CONFIG = (
     Path(__file__).resolve().parents[1] / "experiments/configs/shapes/deeplabv3plus_mobilenetv2-os16_b16-10e_64.yaml"
@@ -21,7 +22,7 @@ CONFIG = (
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ShortArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(CONFIG))
     parser.add_argument("--out", default="runs/main", help="folder for checkpoints, logs and predictions")
     parser.add_argument("--num-predict", type=int, default=8, help="held-out images to segment")

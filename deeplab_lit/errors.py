@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from argparse import ArgumentError
+from argparse import ArgumentError, ArgumentParser
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,6 +31,14 @@ class CheckpointError(UserError):
 
 
 DEBUG_ENV = "DEEPLAB_LIT_DEBUG"
+
+
+class ShortArgumentParser(ArgumentParser):
+    """``argparse`` whose usage errors end with exit status 1, as every other user error (argparse's own is 2)."""
+
+    def error(self, message: str) -> None:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"error: {message} (--help lists the options)\n")
 
 
 def find_user_error(err: BaseException | None) -> UserError | None:

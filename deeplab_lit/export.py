@@ -12,7 +12,6 @@ skipping a same-size resize) has the same answer at every input size, since the 
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import os
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from . import systems
-from .errors import CheckpointError, ConfigError, reported
+from .errors import CheckpointError, ConfigError, ShortArgumentParser, reported
 from .inference.exported import ONNX_SUFFIXES, TORCHSCRIPT_SUFFIXES, ExportedSegmenter, load_exported, quiet_tracing
 from .nets import upsample_to
 from .nets.msc import MSC
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     A user error ends in a one-line ``error: ...`` and exit status 1 (``--debug`` shows its traceback).
     """
-    parser = argparse.ArgumentParser(prog="python -m deeplab_lit.export", description=__doc__.splitlines()[0])
+    parser = ShortArgumentParser(prog="python -m deeplab_lit.export", description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", required=True, help="Lightning checkpoint (.ckpt)")
     parser.add_argument("--format", required=True, choices=["onnx", "torchscript"])
     parser.add_argument("--output", required=True, help="output file (.onnx, or .pt/.ts for TorchScript)")

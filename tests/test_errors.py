@@ -131,6 +131,10 @@ CASES = {
     ),
     "export with a bad suffix": (lambda t: export(t, t.out + "/m.txt"), ["--output", "m.txt", ".onnx"]),
     "export of a text file": (lambda t: export(t, t.out + "/m.onnx", t.notes), ["--ckpt", "notes.txt"]),
+    "export to an unknown format": (
+        lambda t: [*export(t, t.out + "/m.onnx"), "--format", "tflite"],
+        ["--format", "tflite", "--help"],
+    ),
     "check-data on a bad tree": (
         lambda t: ["deeplab_lit", "check-data", *VOC, "--data.root", t.voc_corrupt],
         ["2007_000032.jpg is corrupt", "data check failed"],
