@@ -3,9 +3,7 @@
 One shared step for train/val/test: forward → logits upsampled to the label size → cross-entropy (ignore 255)
 [+ aux loss, + every MSC scale's loss, optional hard-pixel mining] → dataset-level metrics.
 
-``validate``, ``test`` and ``predict`` run the test-time pipeline: output stride at evaluation → multi-scale + flip
-→ sliding window → dense CRF, each stage optional. The validation loop inside ``fit`` only selects checkpoints and
-uses the plain single-scale forward (at the evaluation output stride), as the papers' training runs do.
+``validate``, ``test`` and ``predict`` run the test-time pipeline (``evaluation.py``).
 """
 
 from __future__ import annotations
@@ -16,23 +14,21 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..inference import TTA, CRFParams, CRFPool
 from ..inference.exported import load_exported
 from ..metrics import SegmentationMetrics
-from ..nets import DeepLabNet, convert_torchvision_deeplabv3, load_checked, upsample_to
-from ..nets.caffe_convert import read_caffe_state_dict
+from ..nets import DeepLabNet, upsample_to
 from ..nets.msc import check_scales, multi_scale_forward
-from ..nets.tf_zoo import is_tf_checkpoint, load_tf_checkpoint
-from ..nets.weights import read_state_dict
-from .device import check_deterministic, set_cudnn_benchmark
+from ..nets.sources import load_network
+from .device import check_deterministic
+from .evaluation import TestTimePipeline
 
 STAGES = ("train", "val", "test")
 
@@ -51,7 +47,7 @@ def hard_pixel_loss(logits: Tensor, target: Tensor, ignore_index: int, top_k_per
     return losses.topk(k, sorted=False).values.mean()
 
 
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(TestTimePipeline):
     """Training, evaluation and prediction for a DeepLab network built by a subclass.
 
     Args:
@@ -67,7 +63,8 @@ class SegmentationModule(L.LightningModule):
         freeze_bn: keep BatchNorm statistics and affine parameters fixed (the papers' second stage).
         eval_output_stride: output stride for validation/test/predict (V3: train at 16, evaluate at 8).
         msc_scales: V2's multi-scale input for training and evaluation, e.g. ``[0.75, 0.5]`` (scale 1 implied).
-        init_from: start from a checkpoint, a network state dict or a torchvision DeepLabV3 state dict.
+        init_from: start from a checkpoint, a network state dict, torchvision's DeepLabV3, a TF DeepLab or a Caffe
+            release checkpoint (`deeplab_lit.nets.sources.load_network`).
         reset_classifier: with ``init_from``, re-initialise only the classifiers (fine-tuning to new classes).
         channels_last: run the network in channels-last memory format (faster with bf16 and on GPUs).
         eval_scales: test-time input scales, probabilities averaged (V3: 0.5, 0.75, 1.0, 1.25, 1.5, 1.75).
@@ -124,7 +121,7 @@ class SegmentationModule(L.LightningModule):
         if eval_output_stride is not None:
             net.backbone.check_output_stride(eval_output_stride)
         if init_from:
-            self.load_network(init_from, reset_classifier)
+            load_network(self.net, init_from, reset_classifier)
         if freeze_bn:
             for m in self._batch_norms():
                 m.requires_grad_(False)
@@ -162,122 +159,6 @@ class SegmentationModule(L.LightningModule):
             for m in self._batch_norms():
                 m.eval()
         return self
-
-    def load_network(self, source: str, reset_classifier: bool = False) -> None:
-        """Load network weights from a Lightning checkpoint, a network state dict, torchvision's DeepLabV3 or a
-        TF DeepLab checkpoint (its prefix ``.../model.ckpt``, strictly: every variable used).
-
-        A different class count is an error unless ``reset_classifier`` re-initialises the classifiers. A Caffe
-        ``.caffemodel`` of the V1/V2 releases loads into a network built as in ``experiments/configs/official/``.
-        """
-        if is_tf_checkpoint(source):
-            if reset_classifier:
-                raise ConfigError(f"reset_classifier applies to PyTorch checkpoints; {source} is a TF checkpoint")
-            load_tf_checkpoint(self.net, source)
-            return
-        if str(source).endswith(".caffemodel"):
-            state = read_caffe_state_dict(self.net, source, skip_classifiers=reset_classifier)
-        else:
-            state = read_state_dict(source, "deeplab", "--model.init_args.init_from")
-        if any(k.startswith("net.") for k in state):
-            state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
-        elif any(k.startswith("classifier.0.convs.") for k in state):
-            state = convert_torchvision_deeplabv3(state)
-        own = self.net.state_dict()
-        heads = tuple(f"{name}." for name in self.net.classifier_names())
-        head_keys = [k for k in own if k.startswith(heads)]
-        if reset_classifier:
-            state = {k: v for k, v in state.items() if not k.startswith(heads)}
-            state.update({k: own[k] for k in head_keys})
-        else:
-            bad = [k for k in head_keys if k in state and state[k].shape != own[k].shape]
-            if bad:
-                raise CheckpointError(
-                    f"{source} was trained for {state[bad[0]].shape[0]} classes, this model has "
-                    f"{self.hparams.num_classes}; pass reset_classifier=True (--model.reset_classifier true) "
-                    "to fine-tune with new classifiers"
-                )
-        load_checked(self.net, state, source=source)
-
-    # -- output stride at evaluation -----------------------------------------------------------------------
-    def _use_output_stride(self, output_stride: int | None) -> None:
-        if output_stride is not None and output_stride != self.net.output_stride:
-            self.net.set_output_stride(output_stride)
-
-    def on_validation_model_eval(self) -> None:
-        super().on_validation_model_eval()
-        self._use_output_stride(self.hparams.eval_output_stride)
-
-    def on_validation_model_train(self) -> None:
-        self._use_output_stride(self.train_output_stride)
-        super().on_validation_model_train()
-
-    def on_test_model_eval(self) -> None:
-        super().on_test_model_eval()
-        self._use_output_stride(self.hparams.eval_output_stride)
-
-    def on_predict_model_eval(self) -> None:
-        super().on_predict_model_eval()
-        self._use_output_stride(self.hparams.eval_output_stride)
-
-    # -- the test-time pipeline --------------------------------------------------------------------------------
-    def pipeline_active(self) -> bool:
-        """True in ``validate``/``test``/``predict`` runs, False in training and in the validation loop of ``fit``."""
-        return self._trainer is None or self.trainer.state.fn != "fit"
-
-    def refine(self, images: Sequence[Tensor], probs: Tensor, names: Sequence[str] | None = None) -> Tensor:
-        """Dense CRF on each image's probabilities: ``images`` uint8 (3, H, W), ``probs`` (B, C, H, W)."""
-        if self._crf_pool is None:
-            self._crf_pool = CRFPool(self.crf, self.hparams.crf_workers)
-        rgb = [im.permute(1, 2, 0).cpu().numpy() for im in images]  # (H, W, 3) uint8
-        refined = self._crf_pool(rgb, list(probs.float().cpu().numpy()), names)
-        return torch.from_numpy(np.stack(refined)).to(probs)
-
-    # cuDNN's autotuner (``benchmark: true``) pays off for training's fixed crops; evaluation sees every image at
-    # its own size and scale, where it would re-tune for each new shape: off while evaluating, restored after.
-    def on_validation_start(self) -> None:
-        self._benchmark = set_cudnn_benchmark(False)
-
-    def on_test_start(self) -> None:
-        self._benchmark = set_cudnn_benchmark(False)
-
-    def on_predict_start(self) -> None:
-        self._benchmark = set_cudnn_benchmark(False)
-
-    def on_validation_end(self) -> None:
-        set_cudnn_benchmark(self._benchmark)
-        self._close_crf()
-
-    def on_test_end(self) -> None:
-        set_cudnn_benchmark(self._benchmark)
-        self._close_crf()
-
-    def on_predict_end(self) -> None:
-        set_cudnn_benchmark(self._benchmark)
-        self._close_crf()
-
-    def _close_crf(self) -> None:
-        if self._crf_pool is not None:
-            self._crf_pool.close()
-            self._crf_pool = None
-
-    def _raw_images(self, x: Tensor) -> Tensor:
-        """The uint8 images (B, 3, H, W) of a normalized batch (evaluation batches are never padded)."""
-        dm = self.trainer.datamodule
-        mean = torch.tensor(dm.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(dm.std, device=x.device).view(1, 3, 1, 1)
-        return ((x.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
-
-    def pipeline_step(self, x: Tensor, y: Tensor, stage: str) -> Tensor:
-        """Evaluation through the test-time pipeline; the loss is the NLL of the fused probabilities."""
-        probs = self.tta(self, x, y.shape[-2:])  # (B, C, H, W)
-        if self.crf is not None:
-            self.metrics[f"{stage}_before_crf_metrics"].update(probs.argmax(1), y)
-            probs = self.refine(self._raw_images(x), probs)
-        self.metrics[f"{stage}_metrics"].update(probs.argmax(1), y)
-        loss = F.nll_loss(probs.clamp_min(1e-8).log(), y, ignore_index=self.hparams.ignore_index)
-        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
-        return loss
 
     # -- the shared step -----------------------------------------------------------------------------------
     def shared_step(self, batch: tuple[Tensor, Tensor], stage: str, batch_idx: int) -> Tensor:
@@ -381,23 +262,6 @@ class SegmentationModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
-
-    # -- prediction ------------------------------------------------------------------------------------------
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """Per image: path, output name, label map (H, W) uint8 or an error message for an unreadable file."""
-        results = []
-        for i, path in enumerate(batch["path"]):
-            if batch["error"][i]:
-                results.append({"path": path, "name": batch["name"][i], "error": batch["error"][i]})
-                continue
-            raw = batch["raw"][i]
-            probs = self.tta(self, batch["image"][i : i + 1], raw.shape[-2:])  # (1, C, H, W)
-            if self.crf is not None:
-                probs = self.refine([raw], probs, [path])
-            labels = probs.argmax(1)[0].to(torch.uint8)
-            item = {"path": path, "name": batch["name"][i], "error": "", "labels": labels.cpu(), "image": raw.cpu()}
-            results.append(item)
-        return results
 
     # -- optimisation ----------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
