@@ -18,7 +18,8 @@ def test_official_config_builds_the_released_graph_with_tf_semantics(config) -> 
     assert "Published" in text and "model_zoo.md" in text and "python -m deeplab_lit test --config" in text
     spec = yaml.safe_load(text)
     module, name = spec["model"]["class_path"].rsplit(".", 1)
-    net = getattr(importlib.import_module(module), name)(**spec["model"]["init_args"]).net
+    system = getattr(importlib.import_module(module), name)(**spec["model"]["init_args"])
+    net = system.net
     plan = network_plan(net)
     own = [k for k in net.state_dict() if not k.endswith("num_batches_tracked")]
     assert sorted(plan) == sorted(own)  # every parameter has its TF variable: a full checkpoint fills the net
@@ -27,6 +28,6 @@ def test_official_config_builds_the_released_graph_with_tf_semantics(config) -> 
     assert net.align_corners and net.aspp.pooling.align_corners and len(net.aspp.convs) == 1
     assert {m.eps for n, m in net.backbone.named_modules() if n.endswith((".1", ".3")) and hasattr(m, "eps")} == {1e-3}
     assert spec["data"]["init_args"]["mean"] == spec["data"]["init_args"]["std"] == [0.5, 0.5, 0.5]
-    # TF's evaluation: each image padded to the eval crop with the mean pixel, one window of the crop's size
+    # TF's evaluation (tests/test_tf_protocol.py): each image padded to the dataset's eval crop with the mean pixel
     crop = {"VOCDataModule": 513, "CityscapesDataModule": [1025, 2049]}[spec["data"]["class_path"].rsplit(".", 1)[1]]
-    assert spec["model"]["init_args"]["sliding_window"] == spec["model"]["init_args"]["window_stride"] == crop
+    assert system.tta.crop == crop and system.tta.window is None

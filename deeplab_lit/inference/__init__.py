@@ -1,9 +1,10 @@
-"""Inference: test-time augmentation (multi-scale, flip, sliding window; PyTorch), the fully connected CRF of
-DeepLab V1 and V2 (numpy) and exported ONNX / TorchScript files run as networks (``exported``). No Lightning."""
+"""Inference: test-time augmentation (multi-scale, flip, sliding window, TF DeepLab's crop; PyTorch), the fully
+connected CRF of DeepLab V1 and V2 (numpy) and exported ONNX / TorchScript files run as networks (``exported``).
+No Lightning."""
 
 from .crf import V1_CRF, V2_CRF, CRFParams, CRFPool, crf_batch, dense_crf
 
-_TTA = ("TTA", "V3_SCALES", "check_scales", "check_window", "segment_probs", "sliding_window_logits")
+_TTA = ("TTA", "V3_SCALES", "check_scales", "check_window", "segment_probs", "sliding_window_logits", "tf_crop_probs")
 
 __all__ = ["CRFParams", "CRFPool", "V1_CRF", "V2_CRF", "crf_batch", "dense_crf", *_TTA]
 

@@ -1,9 +1,10 @@
 """Test-time inference: multi-scale inputs, left-right flips and sliding windows, fused as averaged probabilities.
 
 V3/V3+ average softmax probabilities over scales and flips at the label resolution (V3 Table 6, V3+ Table 3); the
-output-stride switch is the network's ``set_output_stride``. ``forward`` is any callable from an image batch to
-logits (B, C, h, w) at any stride, or to a dict holding them under ``"out"`` (so a DeepLab net can be passed as is).
-Callers put the network in eval mode and run under ``torch.inference_mode()``.
+output-stride switch is the network's ``set_output_stride``. ``crop`` gives TF DeepLab's own evaluation instead
+(``tf_crop_probs``), which the models of the TF model zoo were published with. ``forward`` is any callable from an
+image batch to logits (B, C, h, w) at any stride, or to a dict holding them under ``"out"`` (so a DeepLab net can
+be passed as is). Callers put the network in eval mode and run under ``torch.inference_mode()``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ from ..errors import ConfigError
 from ..nets.deeplab import upsample_to
 from ..nets.msc import check_scales
 
-__all__ = ["TTA", "V3_SCALES", "check_scales", "check_window", "segment_probs", "sliding_window_logits"]
+__all__ = [
+    "TTA",
+    "V3_SCALES",
+    "check_scales",
+    "check_window",
+    "segment_probs",
+    "sliding_window_logits",
+    "tf_crop_probs",
+]
 
 Forward = Callable[[Tensor], Tensor | Mapping[str, Tensor]]
 Size2 = int | tuple[int, int]
@@ -124,19 +133,77 @@ def segment_probs(
     return total.div_(len(scales) * (2 if flip else 1))
 
 
+def scale_dimension(dim: int, scale: float) -> int:
+    """TF DeepLab's ``scale_dimension``: a dimension scaled with corners aligned, ``int((dim - 1) * scale + 1)``."""
+    return int((dim - 1.0) * scale + 1.0)
+
+
+def tf_crop_probs(
+    forward: Forward,
+    x: Tensor,
+    out_size: Sequence[int],
+    crop: Size2,
+    logits_stride: int,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> Tensor:
+    """TF DeepLab's evaluation (``model.predict_labels_multi_scale`` on ``eval_crop_size`` inputs), probabilities
+    (B, C, *out_size) of the images ``x`` (B, 3, H, W).
+
+    The image is padded at the bottom / right to ``crop`` with the mean pixel (0 after normalisation); each scale
+    resizes the padded crop to ``scale_dimension(crop, scale)`` with corners aligned; each pass's logits are resized
+    (corners aligned) to TF's logits grid, ``scale_dimension(crop, max(1, scale) / logits_stride)``, then to the
+    crop, soft-maxed and averaged; the padding is cropped off. ``forward`` returns logits at its input's size,
+    upsampled with corners aligned (a network with ``align_corners=True``): that equals TF's resizing of the
+    stride-``logits_stride`` logits when ``(crop - 1) * scale`` is a multiple of the stride, as with the released
+    crops (513, 1025 x 2049) and scales (multiples of 0.25).
+    """
+    (ch, cw), (height, width) = _pair(crop, "crop (--model.init_args.tf_eval_crop)"), x.shape[-2:]
+    if height > ch or width > cw:
+        raise ConfigError(
+            f"an image of {height}x{width} does not fit the evaluation crop {ch}x{cw} "
+            "(--model.init_args.tf_eval_crop): TF DeepLab's crop must cover every image"
+        )
+    padded = F.pad(x, (0, cw - width, 0, ch - height))  # (B, 3, ch, cw)
+    total = None
+    for scale in check_scales(scales):
+        size = (scale_dimension(ch, scale), scale_dimension(cw, scale))
+        xs = padded if scale == 1 else F.interpolate(padded, size=size, mode="bilinear", align_corners=True)
+        grid = (
+            scale_dimension(ch, max(1.0, scale) / logits_stride),
+            scale_dimension(cw, max(1.0, scale) / logits_stride),
+        )
+        for flipped in (False, True) if flip else (False,):
+            logits = _logits(forward, xs.flip(-1) if flipped else xs)  # (B, C, *size)
+            logits = upsample_to(logits.flip(-1) if flipped else logits, grid, align_corners=True)
+            logits = upsample_to(logits, (ch, cw), align_corners=True)[..., :height, :width]  # (B, C, H, W)
+            probs = F.softmax(upsample_to(logits, out_size), dim=1, dtype=torch.float32)
+            total = probs if total is None else total.add_(probs)
+    return total.div_(len(scales) * (2 if flip else 1))
+
+
 @dataclass(frozen=True)
 class TTA:
-    """Test-time augmentation settings; ``TTA(V3_SCALES, flip=True)(net, x, y.shape[-2:])`` is V3's MS + Flip."""
+    """Test-time augmentation settings; ``TTA(V3_SCALES, flip=True)(net, x, y.shape[-2:])`` is V3's MS + Flip,
+    ``TTA(crop=513)`` TF DeepLab's evaluation (:func:`tf_crop_probs`)."""
 
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     window: Size2 | None = None
     stride: Size2 | None = None
+    crop: Size2 | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", check_scales(self.scales, "scales (--model.init_args.eval_scales)"))
         check_window(self.window, self.stride)
+        if self.crop is not None:
+            _pair(self.crop, "crop (--model.init_args.tf_eval_crop)")
+            if self.window is not None:
+                raise ConfigError("tf_eval_crop and sliding_window exclude each other: TF's evaluation has no windows")
 
-    def __call__(self, forward: Forward, x: Tensor, out_size: Sequence[int]) -> Tensor:
-        """(B, C, *out_size) float32 probabilities of the images ``x`` (B, 3, H, W)."""
+    def __call__(self, forward: Forward, x: Tensor, out_size: Sequence[int], logits_stride: int = 1) -> Tensor:
+        """(B, C, *out_size) float32 probabilities of the images ``x`` (B, 3, H, W); ``logits_stride`` (the
+        network's, before upsampling) is used by TF's evaluation only."""
+        if self.crop is not None:
+            return tf_crop_probs(forward, x, out_size, self.crop, logits_stride, self.scales, self.flip)
         return segment_probs(forward, x, out_size, self.scales, self.flip, self.window, self.stride)

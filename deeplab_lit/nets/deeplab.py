@@ -76,6 +76,11 @@ class DeepLabNet(nn.Module):
     def output_stride(self) -> int:
         return self._output_stride
 
+    @property
+    def logits_stride(self) -> int:
+        """The stride of the logits before upsampling (the decoder's 4 in V3+, the output stride otherwise)."""
+        return self.output_stride
+
     def set_output_stride(self, output_stride: int) -> None:
         """Re-stride the built network (e.g. train at 16, evaluate at 8); head rates follow."""
         self.backbone.set_output_stride(output_stride)
@@ -369,6 +374,10 @@ class DeepLabV3PlusNet(DeepLabV3Net):
                 align_corners,
             )
             self.classifier = classifier_conv(decoder_channels, num_classes)
+
+    @property
+    def logits_stride(self) -> int:
+        return 4 if self.decoder is not None else self.output_stride  # the decoder works on stride-4 features
 
     def logits(self, feats: Features) -> Tensor:
         x = self.encode(feats)

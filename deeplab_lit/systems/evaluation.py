@@ -101,7 +101,7 @@ class TestTimePipeline(L.LightningModule):
 
     def pipeline_step(self, x: Tensor, y: Tensor, stage: str) -> Tensor:
         """Evaluation through the test-time pipeline; the loss is the NLL of the fused probabilities."""
-        probs = self.tta(self, x, y.shape[-2:])  # (B, C, H, W)
+        probs = self.tta(self, x, y.shape[-2:], self.net.logits_stride)  # (B, C, H, W)
         if self.crf is not None:
             self.metrics[f"{stage}_before_crf_metrics"].update(probs.argmax(1), y)
             probs = self.refine(self._raw_images(x), probs)
@@ -119,7 +119,7 @@ class TestTimePipeline(L.LightningModule):
                 results.append({"path": path, "name": batch["name"][i], "error": batch["error"][i]})
                 continue
             raw = batch["raw"][i]
-            probs = self.tta(self, batch["image"][i : i + 1], raw.shape[-2:])  # (1, C, H, W)
+            probs = self.tta(self, batch["image"][i : i + 1], raw.shape[-2:], self.net.logits_stride)  # (1, C, H, W)
             if self.crf is not None:
                 probs = self.refine([raw], probs, [path])
             labels = probs.argmax(1)[0].to(torch.uint8)

@@ -71,6 +71,8 @@ class SegmentationModule(TestTimePipeline):
         eval_flip: also average the left-right flipped inputs.
         sliding_window: evaluate in windows of this size (int or (h, w)), e.g. 769 for Cityscapes at 1024x2048.
         window_stride: step between windows (default 2/3 of the window).
+        tf_eval_crop: TF DeepLab's evaluation instead (the TF model zoo's protocol): each image padded with the mean
+            pixel to this crop (513 on VOC, (1025, 2049) on Cityscapes), scales resized with corners aligned.
         crf: dense CRF parameters for evaluation and prediction (V1/V2 default to their papers' values);
             ``test`` then reports metrics before (``test/before_crf/...``) and after it.
         crf_workers: processes running the CRF (pydensecrf is single-threaded); 0 runs it in this process.
@@ -100,6 +102,7 @@ class SegmentationModule(TestTimePipeline):
         eval_flip: bool = False,
         sliding_window: int | tuple[int, int] | None = None,
         window_stride: int | tuple[int, int] | None = None,
+        tf_eval_crop: int | tuple[int, int] | None = None,
         crf: CRFParams | None = None,
         crf_workers: int = 2,
         exported: str | None = None,
@@ -109,7 +112,7 @@ class SegmentationModule(TestTimePipeline):
         crf = CRFParams(**crf) if isinstance(crf, dict) else crf  # as stored in a checkpoint
         self.hparams["crf"] = None if crf is None else asdict(crf)  # plain data in checkpoints
         self.crf = crf
-        self.tta = TTA(tuple(eval_scales), eval_flip, sliding_window, window_stride)
+        self.tta = TTA(tuple(eval_scales), eval_flip, sliding_window, window_stride, tf_eval_crop)
         self._crf_pool: CRFPool | None = None
         self.exported = load_exported(exported) if exported else None
         if not 0.0 < top_k_percent_pixels <= 1.0:
