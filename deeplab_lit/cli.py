@@ -8,12 +8,15 @@ python -m deeplab_lit check-data --config CONFIG      (decode every sample of ev
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import importlib
 import os
 import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ import yaml
 from jsonargparse import Namespace
 from lightning.fabric.loggers.tensorboard import _TENSORBOARD_AVAILABLE, _TENSORBOARDX_AVAILABLE
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.strategies.launchers import subprocess_script
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
@@ -242,6 +246,39 @@ def check_num_classes(
         )
 
 
+class ChildErrorObserver(subprocess_script._ChildProcessObserver):
+    """Lightning's watch over the DDP processes it starts, which kills them all, itself included (exit status 137),
+    when one fails. A process that ended with a user error (status 1, its message already on the shared stderr)
+    makes this process exit with status 1 too, after the others are stopped."""
+
+    children: list[subprocess.Popen] = []
+
+    def __init__(self, main_pid: int, child_processes: list[subprocess.Popen], sleep_period: int = 5) -> None:
+        super().__init__(main_pid, child_processes, sleep_period)
+        ChildErrorObserver.children = child_processes
+
+    def _terminate_all(self) -> None:
+        if {proc.returncode for proc in self._child_processes} - {None, 0} != {1}:
+            super()._terminate_all()
+            return
+        for proc in self._child_processes:
+            proc.send_signal(self._termination_signal)
+        os._exit(1)  # from this watching thread: the main process may be blocked in a collective
+
+
+subprocess_script._ChildProcessObserver = ChildErrorObserver  # what _launch_process_observer starts
+
+
+def a_child_stopped_with_a_user_error(timeout: float = 10.0) -> bool:
+    """Whether a DDP process started here ended with a user error (status 1), waiting up to ``timeout`` seconds for
+    them to end: with gloo, this process fails at once ("connection closed by peer") when another one stops."""
+    deadline = time.monotonic() + timeout
+    for proc in ChildErrorObserver.children:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.0, deadline - time.monotonic()))
+    return any(proc.returncode == 1 for proc in ChildErrorObserver.children)
+
+
 def main(args: list[str] | None = None, run: bool = True) -> DeepLabCLI:
     """The command line; a user error ends in a one-line ``error: ...`` and exit status 1 (``--debug`` or
     ``DEEPLAB_LIT_DEBUG=1`` show its traceback)."""
@@ -252,6 +289,21 @@ def main(args: list[str] | None = None, run: bool = True) -> DeepLabCLI:
         # LightningCLI and DDP's child processes read sys.argv: the switch moves to the environment, which they inherit
         sys.argv[1:] = argv
         os.environ[DEBUG_ENV] = "1"
+    try:
+        return _run(argv, args is None, debug, run)
+    except SystemExit as stop:
+        if stop.code == 1:  # a user error, reported: the other processes would only add "connection closed" walls
+            for proc in ChildErrorObserver.children:
+                proc.kill()
+        raise
+    except Exception:
+        if debug or os.environ.get(DEBUG_ENV, "") not in ("", "0") or not a_child_stopped_with_a_user_error():
+            raise
+        print("error: stopped because another process stopped with the error above", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _run(argv: list[str], from_sys_argv: bool, debug: bool, run: bool) -> DeepLabCLI:
     with reported(debug):
         if argv[:1] == ["check-data"]:
             from .check_data import main as check_data
@@ -265,6 +317,6 @@ def main(args: list[str] | None = None, run: bool = True) -> DeepLabCLI:
             save_config_callback=LoggerSaveConfigCallback,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,  # the module owns its parameter groups and poly schedule
-            args=None if args is None else argv,
+            args=None if from_sys_argv else argv,
             run=run,
         )
