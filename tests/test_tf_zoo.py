@@ -6,6 +6,8 @@ values, and the logits of a forward pass written with TF ops in float64 (TF Deep
 
 import lzma
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +190,15 @@ def test_init_from_takes_the_tf_checkpoint_prefix(tmp_path) -> None:
     assert max_diff(module.net, expected, "logits_65x65_os16") < 1e-4
     with pytest.raises(CheckpointError, match="does not fit DeepLabV3PlusNet"):
         SegmentationModule(resnet_v3plus(), num_classes=2, init_from=str(prefix))
+
+
+def test_official_xception_command_refuses_a_checkpoint_of_another_width_in_one_line(tmp_path) -> None:
+    """The documented command as a user types it, with a TF checkpoint prefix that is not the released network's."""
+    prefix, _ = unpack("xception65_v3plus", tmp_path)  # the narrow fixture: the full-width config cannot take it
+    config = Path(__file__).parents[1] / "experiments" / "configs" / "official" / "xception65_coco_voc_trainaug.yaml"
+    args = ["--config", str(config), "--model.init_args.init_from", str(prefix), "--data.init_args.root", "VOCdevkit"]
+    command = [sys.executable, "-m", "deeplab_lit", "test", *args]
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert f"TF checkpoint {prefix}" in run.stderr and "mis-shaped" in run.stderr
+    assert "backbone.body.stem_0.conv.weight: expected (32, 3, 3, 3), got (1, 3, 3, 3)" in run.stderr
