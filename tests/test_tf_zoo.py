@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from deeplab_lit.errors import CheckpointError
+from deeplab_lit.errors import CheckpointError, ConfigError
 from deeplab_lit.nets import DeepLabV3Net, DeepLabV3PlusNet
 from deeplab_lit.nets.backbones import MobileNetV2Backbone
 from deeplab_lit.nets.resnet_beta import ResNetBetaBackbone
@@ -131,6 +131,11 @@ def test_a_checkpoint_that_does_not_fit_is_refused_naming_the_file_and_variables
     with pytest.raises(CheckpointError, match=rf"{DATA} is truncated"):
         load_tf_checkpoint(mobilenet_v3(), prefix)
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+def test_tf_decoder_end_point_is_refused_where_tf_deeplab_has_none() -> None:
+    with pytest.raises(ConfigError, match=r"not MobileNetV2Backbone; set tf_decoder_end_point: false"):
+        DeepLabV3PlusNet(2, backbone=MobileNetV2Backbone(16, 0.5), tf_decoder_end_point=True)
 
 
 def test_an_xception_checkpoint_that_does_not_fit_is_refused_naming_the_file_and_variables(tmp_path) -> None:
