@@ -107,6 +107,24 @@ def test_xception_restrides_like_timm_builds_it(output_stride) -> None:
     assert all(a is b for a, b in zip(params, backbone.parameters(), strict=True))  # optimizers keep working
 
 
+def test_xception_computes_timms_xception65_with_its_weights() -> None:
+    """Our Xception-65 (xception_tf.py) holds timm's feature model's state dict and computes its features."""
+    import timm
+
+    ref = timm.create_model("xception65", features_only=True, output_stride=8, out_indices=(1, 3, 4)).eval()
+    randomize_bn(ref)
+    backbone, _ = build_backbone("xception65", 8)
+    backbone.body.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 3, 65, 97)
+    with torch.no_grad():
+        feats = backbone.eval()(x)
+        for ours, theirs in zip((feats["low_level"], feats["mid"], feats["out"]), ref(x), strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+        backbone.tf_decoder_end_point = True  # TF DeepLab's end point: the same features before the ReLU
+        low = backbone(x)["low_level"]
+    assert low.min() < 0 and torch.equal(low.clamp(min=0), feats["low_level"])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

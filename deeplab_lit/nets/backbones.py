@@ -1,4 +1,5 @@
-"""Backbones with a settable output stride: VGG16 (DeepLab-LargeFOV trunk), ResNet, MobileNetV2, Xception-65.
+"""Backbones with a settable output stride: VGG16 (DeepLab-LargeFOV trunk), ResNet, MobileNetV2 (Xception-65:
+``xception_tf.py``, ResNet-v1-beta: ``resnet_beta.py``).
 
 Every backbone returns ``{"low_level": stride-4 features, "mid": stride-16 stage, "out": stride-OS features}``
 and can change its output stride after it is built (``set_output_stride``), turning strides into dilations
@@ -7,10 +8,8 @@ as DeepLab does, so a model trained at OS 16 is evaluated at OS 8 with the same 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
-import timm
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.mobilenetv2 import InvertedResidual
@@ -240,43 +239,6 @@ class MobileNetV2Backbone(Backbone):
         return {"low_level": low, "mid": mid, "out": self.features[14:](mid)}  # (B, 320, H/OS, W/OS)
 
 
-class Xception65Backbone(Backbone):
-    """Aligned Xception-65 of DeepLabv3+ (timm's port of the TF model), re-strided in place by timm's rule."""
-
-    unused_weight_keys = ("head.",)
-
-    def __init__(self, output_stride: int = 16) -> None:
-        super().__init__(output_stride)
-        # taps: entry-flow block2 before its strided conv (stride 4), exit-flow block1 input, final features
-        self.body = timm.create_model("xception65", features_only=True, out_indices=(1, 3, 4))
-        self.low_level_channels, self.mid_channels, self.out_channels = 256, 1024, 2048
-        self.nominal_strides = [block.stack.conv3.conv_dw.stride[0] for block in self._blocks()]
-        self.set_output_stride(output_stride)
-
-    def _blocks(self) -> list[nn.Module]:
-        return [m for name, m in self.body.named_children() if name.startswith("blocks_")]
-
-    def _apply_output_stride(self, output_stride: int) -> None:
-        plan = dilation_plan(self.nominal_strides, output_stride, stride=2)
-        for block, (stride, first, _) in zip(self._blocks(), plan, strict=True):
-            for sep in (block.stack.conv1, block.stack.conv2, block.stack.conv3):
-                set_dilation(sep.conv_dw, first, stride if sep is block.stack.conv3 else None)
-            if block.shortcut is not None:
-                block.shortcut.conv.stride = (stride, stride)
-
-    def load_imagenet(self, weights: str, name: str) -> dict[str, Tensor]:
-        # timm's classification model names modules "blocks.N"; its feature wrapper "blocks_N".
-        state = read_state_dict(weights, name)
-        state = {"body." + re.sub(r"^(stem|blocks)\.(\d+)", r"\1_\2", k): v for k, v in state.items()}
-        rest = {k: v for k, v in state.items() if k.startswith("body.head.")}
-        load_checked(self, {k: v for k, v in state.items() if k not in rest}, source=weights)
-        return rest
-
-    def forward(self, x: Tensor) -> Features:
-        low, mid, out = self.body(x)
-        return {"low_level": low, "mid": mid, "out": out}
-
-
 RESNET_BETA = ("resnet50_beta", "resnet101_beta")  # TF DeepLab's ResNet-v1-beta (resnet_beta.py)
 BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", *RESNET_BETA, "mobilenet_v2", "xception65")
 CAFFE_BACKBONES = ("vgg16_caffe", "resnet101_caffe")  # the DeepLab V1/V2 releases' layouts (caffe_semantics.py)
@@ -319,6 +281,8 @@ def build_backbone(
     elif name == "mobilenet_v2":
         backbone = MobileNetV2Backbone(output_stride)
     else:
+        from .xception_tf import Xception65Backbone  # it builds on this module's Backbone
+
         backbone = Xception65Backbone(output_stride)
     rest = backbone.load_imagenet(weights, name.removesuffix("_caffe")) if weights else {}
     return backbone, rest

@@ -17,7 +17,7 @@ from .backbones import Backbone, Features, VGG16Backbone, build_backbone
 from .caffe_semantics import Interp, caffe_zoom, check_interp
 from .cascade import CascadedBlocks
 from .decoder import Decoder
-from .tf_semantics import set_bn_eps, use_tf_same_padding
+from .tf_semantics import set_bn_eps, use_tf_decoder_end_point, use_tf_same_padding
 from .weights import decimate_vgg_fc, load_checked
 
 
@@ -247,7 +247,8 @@ class DeepLabV3Net(DeepLabNet):
 
     TF semantics, which a network converted from the TF model zoo turns on (``deeplab_lit.nets.tf_zoo``):
     ``align_corners`` for every bilinear resize, ``backbone_bn_eps`` (1e-3 in TF's Xception and MobileNetV2;
-    None keeps PyTorch's 1e-5) and ``tf_same_padding`` (TF's ``SAME`` where the TF backbone uses it).
+    None keeps the backbone's own: PyTorch's 1e-5, TF's 1e-3 in Xception-65) and ``tf_same_padding`` (TF's
+    ``SAME`` where the TF backbone uses it).
     """
 
     def __init__(
@@ -321,7 +322,8 @@ class DeepLabV3PlusNet(DeepLabV3Net):
     """DeepLab V3+: V3's encoder + a decoder on stride-4 features; ``decoder=False`` is V3 for ablations.
 
     Defaults follow the paper's main model: aligned Xception-65, OS 16, no multi-grid. The TF switches are
-    ``DeepLabV3Net``'s.
+    ``DeepLabV3Net``'s, and ``tf_decoder_end_point``: the decoder reads TF DeepLab's stride-4 end point (Xception-65:
+    before the ReLU, where our own training reads after it).
     """
 
     def __init__(
@@ -345,6 +347,7 @@ class DeepLabV3PlusNet(DeepLabV3Net):
         align_corners: bool = False,
         backbone_bn_eps: float | None = None,
         tf_same_padding: bool = False,
+        tf_decoder_end_point: bool = False,
     ) -> None:
         super().__init__(
             num_classes,
@@ -362,6 +365,8 @@ class DeepLabV3PlusNet(DeepLabV3Net):
             backbone_bn_eps=backbone_bn_eps,
             tf_same_padding=tf_same_padding,
         )
+        if tf_decoder_end_point:
+            use_tf_decoder_end_point(self.backbone)
         self.decoder = None
         if decoder:
             self.decoder = Decoder(

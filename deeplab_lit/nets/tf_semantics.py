@@ -1,7 +1,8 @@
 """TensorFlow's semantics where they change a network's output, as switches on our modules.
 
 A network converted from a TF checkpoint turns them on (``DeepLabV3Net(..., backbone_bn_eps=1e-3,
-tf_same_padding=True, align_corners=True)``); our own training leaves PyTorch's defaults.
+tf_same_padding=True, align_corners=True)``, and ``DeepLabV3PlusNet(..., tf_decoder_end_point=True)``); our own
+training leaves PyTorch's defaults.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .backbones import Backbone, MobileNetV2Backbone, Xception65Backbone
+from .backbones import Backbone, MobileNetV2Backbone
 from .resnet_beta import ResNetBetaBackbone
+from .xception_tf import Xception65Backbone
 
 
 def set_bn_eps(module: nn.Module, eps: float) -> None:
@@ -67,3 +69,19 @@ def use_tf_same_padding(backbone: Backbone) -> None:
         )
     for layer in layers:
         layer.register_forward_pre_hook(_same_padding_hook)
+
+
+def use_tf_decoder_end_point(backbone: Backbone) -> None:
+    """Give the decoder TF DeepLab's stride-4 end point (``feature_extractor.py``'s ``DECODER_END_POINTS``).
+
+    Xception-65: ``entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise``, the BN output before the
+    ReLU that our own training reads after (the paper does not say which; timm's taps after it). ResNet-v1-beta
+    already reads TF's ``block1/unit_2/bottleneck_v1/conv3``.
+    """
+    if isinstance(backbone, Xception65Backbone):
+        backbone.tf_decoder_end_point = True
+    elif not isinstance(backbone, ResNetBetaBackbone):
+        raise ConfigError(
+            f"tf_decoder_end_point applies to the decoders of TF DeepLab's xception65, resnet50_beta and "
+            f"resnet101_beta, not {type(backbone).__name__}; set tf_decoder_end_point: false"
+        )

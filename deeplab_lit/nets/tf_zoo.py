@@ -3,8 +3,8 @@
 ``load_tf_checkpoint(net, "model.ckpt")`` fills a ``DeepLabV3Net``/``DeepLabV3PlusNet`` from a zoo checkpoint
 (every variable used, every parameter filled, or one error listing what was not); ``load_tf_backbone`` fills a
 backbone from an ImageNet checkpoint (``backbone_weights="…/model.ckpt"``). The network must be built as the
-released graph, with its semantics (``experiments/configs/official/`` per model). Backbones: MobileNetV2 and
-ResNet-v1-beta; Xception-65 is not converted yet.
+released graph, with its semantics (``experiments/configs/official/`` per model). Backbones: MobileNetV2,
+ResNet-v1-beta and Xception-65.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .backbones import Backbone, MobileNetV2Backbone
 from .resnet_beta import ResNetBetaBackbone
 from .tf_checkpoint import TFCheckpoint
 from .weights import load_checked
+from .xception_tf import Xception65Backbone
 
 Plan = dict[str, tuple[str, Callable[[Tensor], Tensor]]]  # our state-dict key -> (TF variable, layout change)
 BOOKKEEPING = ("global_step",)  # TF variables that are not weights
@@ -82,6 +83,19 @@ def backbone_plan(backbone: Backbone, prefix: str = "") -> tuple[Plan, tuple[str
                 for part in ("conv1", "conv2", "conv3") + (("shortcut",) if unit.shortcut is not None else ()):
                     _conv_bn(plan, f"{ours}.{part}.0", f"{ours}.{part}.1", f"{theirs}/{part}")
         return plan, (f"{scope}/logits/",)
+    if isinstance(backbone, Xception65Backbone):
+        body = f"{prefix}body"
+        for i, name in enumerate(("conv1_1", "conv1_2")):
+            _conv_bn(plan, f"{body}.stem_{i}.conv", f"{body}.stem_{i}.bn", f"xception_65/entry_flow/{name}")
+        for i, (unit, scope) in enumerate(zip(backbone.units(), backbone.tf_scopes, strict=True)):
+            ours, theirs = f"{body}.blocks_{i}", f"xception_65/{scope}/xception_module"
+            for k in (1, 2, 3):  # regularize_depthwise=False: split depthwise and pointwise scopes, a BN after each
+                sep = f"{ours}.stack.conv{k}"
+                _conv_bn(plan, f"{sep}.conv_dw", f"{sep}.bn_dw", f"{theirs}/separable_conv{k}_depthwise", True)
+                _conv_bn(plan, f"{sep}.conv_pw", f"{sep}.bn_pw", f"{theirs}/separable_conv{k}_pointwise")
+            if unit.shortcut is not None:
+                _conv_bn(plan, f"{ours}.shortcut.conv", f"{ours}.shortcut.bn", f"{theirs}/shortcut")
+        return plan, ("xception_65/logits/",)
     raise CheckpointError(f"no TF model-zoo names for a {type(backbone).__name__} backbone")
 
 

@@ -144,7 +144,8 @@ class DeepLabV3(SegmentationModule):
 class DeepLabV3Plus(SegmentationModule):
     """DeepLab V3+: Xception-65, OS 16, ASPP (6, 12, 18) + image pooling, decoder (48, 2×[3x3, 256]); lr 0.007.
 
-    ``decoder=False`` is V3's head on the same backbone, for the decoder ablation.
+    ``decoder=False`` is V3's head on the same backbone, for the decoder ablation. ``tf_decoder_end_point`` (with
+    V3's TF switches) is TF DeepLab's decoder input, for its released checkpoints.
     """
 
     def __init__(
@@ -167,6 +168,7 @@ class DeepLabV3Plus(SegmentationModule):
         align_corners: bool = False,
         backbone_bn_eps: float | None = None,
         tf_same_padding: bool = False,
+        tf_decoder_end_point: bool = False,
         **kwargs: Any,
     ) -> None:
         net = DeepLabV3PlusNet(
@@ -188,5 +190,6 @@ class DeepLabV3Plus(SegmentationModule):
             align_corners=align_corners,
             backbone_bn_eps=backbone_bn_eps,
             tf_same_padding=tf_same_padding,
+            tf_decoder_end_point=tf_decoder_end_point,
         )
         super().__init__(net, num_classes=num_classes, **kwargs)
