@@ -9,7 +9,8 @@ from .aspp import ASPP, ASPPv2, AtrousFC, ImagePooling
 from .backbones import BACKBONES, Backbone, build_backbone, count_parameters
 from .cascade import CascadedBlocks
 from .decoder import Decoder
-from .deeplab import DeepLabNet, DeepLabV1Net, DeepLabV2Net, DeepLabV3Net, DeepLabV3PlusNet, upsample_to
+from .deeplab import DeepLabNet, DeepLabV1Net, DeepLabV2Net, upsample_to
+from .deeplabv3 import DeepLabV3Net, DeepLabV3PlusNet
 from .msc import MSC
 from .weights import convert_torchvision_deeplabv3, load_checked
 
