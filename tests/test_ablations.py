@@ -159,12 +159,75 @@ def test_valid_atrous_taps_match_the_computed_table_of_papers_3j() -> None:
     assert atrous.tap_shares(33, 24)[1] == 0.0  # rate 24 at OS 16: never all 9 taps
     assert atrous.tap_shares(3, 1)[0] == pytest.approx((7 / 9) ** 2)  # per axis 2, 3, 2 of 3 taps inside
     cli = SimpleNamespace(
-        model=SimpleNamespace(train_output_stride=16, net=SimpleNamespace(aspp=SimpleNamespace(rates=(6, 12, 18)))),
+        model=SimpleNamespace(
+            train_output_stride=16, net=SimpleNamespace(aspp=SimpleNamespace(base_rates=(6, 12, 18), rates_stride=16))
+        ),
         datamodule=SimpleNamespace(crop_size=513),
     )
     info = atrous.rate_info(cli)
     assert info["feature map (px)"] == 33
     assert info["all 9 valid"] == pytest.approx((0.405 + 0.074 + 0) / 3, abs=1e-3)
+    assert info["valid taps @96px"] == pytest.approx(atrous.tap_shares(33, 6)[0])  # rate 6 at OS 16 reaches 96 px
+    assert info["valid taps"] == pytest.approx(sum(info[f"valid taps @{d}px"] for d in (96, 192, 288)) / 3)
+
+
+SPLITS = ["", "d48", "d96", "d144", "d192", "global"]
+
+
+@pytest.mark.parametrize("name", [*[n for n in GRIDS if n not in ("crf", "decoder")], "context_sanity"])
+def test_context_grid_tests_every_variant_per_cue_distance_and_on_the_global_cue(name, capsys) -> None:
+    commands = dry_run(name, capsys, "--dataset", "context", "--seeds", "1")
+    fits = [a for a in commands if a[0] == "fit"]
+    tests = [a for a in commands if a[0] == "test"]
+    assert all(option(a, "--config").startswith("experiments/configs/context/deeplabv") for a in commands)
+    variants = [v.name for v in load(name).ABLATION.variants]
+    assert len(tests) == len(variants) * len(SPLITS) and len(fits) <= len(variants)
+    for variant in variants:
+        runs = [a for a in tests if option(a, "--trainer.logger.init_args.name").startswith(f"{variant}-s0")]
+        assert [option(a, "--trainer.default_root_dir").split("/")[-1] for a in runs] == [
+            f"{variant}-s0" + (f"-{split}" if split else "") for split in SPLITS
+        ]
+        assert len({option(a, "--model.init_args.init_from") for a in runs}) == 1  # one model, six test splits
+        assert "--data.init_args.cue_kinds" not in runs[0]  # the config's own, mixed test split
+        for distance, argv in zip((48, 96, 144, 192), runs[1:5], strict=True):
+            assert option(argv, "--data.init_args.cue_kinds") == "[local]"
+            assert option(argv, "--data.init_args.cue_distances") == f"[{distance}]"
+        assert option(runs[5], "--data.init_args.cue_kinds") == "[global]"
+    config = parsed(tests[1], capsys)
+    assert config["data"]["init_args"]["cue_distances"] == [48]
+    assert config["model"]["init_args"]["backbone"] == "small_cnn"
+
+
+def test_context_sanity_baselines_are_a_head_without_reach_and_asppl_shared_with_atrous_rates(capsys) -> None:
+    commands = dry_run("context_sanity", capsys, "--seeds", "1")  # --dataset context is the script's default
+    one_by_one = parsed(next(a for a in commands if a[0] == "fit" and "deeplabv3_" in option(a, "--config")), capsys)
+    assert one_by_one["model"]["init_args"]["atrous_rates"] == []
+    assert one_by_one["model"]["init_args"]["image_pooling"] is False
+    asppl = {option(a, "--model.init_args.init_from") for a in commands if "v2-aspp-l" in " ".join(a)}
+    atrous = dry_run("atrous_rates", capsys, "--dataset", "context", "--seeds", "1")
+    assert asppl == {option(a, "--model.init_args.init_from") for a in atrous if "v2-aspp-l" in " ".join(a)}
+
+
+def test_summary_writes_a_table_per_test_split_next_to_the_overall_one(tmp_path) -> None:
+    folder = tmp_path / "context_sanity"
+    folder.mkdir()
+    rows = []
+    for seed, (background, a, b) in enumerate([(0.98, 0.9, 0.8), (0.96, 0.7, 0.6)]):
+        for split in SPLITS:
+            iou = {"background": background, "A": a, "B": b, "C": None}
+            rows.append({"ablation": "context_sanity", "dataset": "context", "variant": "v2-aspp-l", "seed": seed})
+            rows[-1] |= {"split": split, "knob": "reach", "value": "ASPP-L", "config": "c.yaml", "IoU": iou}
+            rows[-1] |= {"mIoU": (background + a + b) / 3, "pixel_acc": 0.99, "info": {"valid taps @48px": 0.8}}
+    (folder / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    load("summarize")  # puts the scripts' folder on sys.path, so `summary` is the scripts' module
+    table, _ = sys.modules["summary"].summarize(folder)
+    text = table.read_text()
+    overall = [line for line in text.splitlines() if line.startswith("| v2-aspp-l | c |")]
+    assert len(overall) == 1 and "| 2 |" in overall[0] and "| 0.800 ± 0.000 |" in overall[0]  # one row, both seeds
+    assert "| variant | mixed | d48 | d96 | d144 | d192 | global |" in text
+    per_split = [line for line in text.splitlines() if line.startswith("| v2-aspp-l | ") and line not in overall]
+    assert per_split[0] == "| v2-aspp-l | " + " | ".join(["82.3 ± 9.9"] * 6) + " |"  # mIoU of seeds: 89.3, 75.3
+    assert per_split[1] == "| v2-aspp-l | " + " | ".join(["75.0 ± 14.1"] * 6) + " |"  # classes A, B; C absent
 
 
 @pytest.mark.slow  # two real fit + test runs: about a minute on 2 loaded cores
@@ -205,3 +268,18 @@ def test_one_tiny_ablation_end_to_end_then_summary(tmp_path, capsys) -> None:
     fit_json.write_text(json.dumps({**json.loads(fit_json.read_text()), "config_sha1": "0" * 12}))
     with pytest.raises(RuntimeError, match=f"{ckpt.parent.parent.name} was trained from another version"):
         load("image_pooling").main(argv)
+
+
+@pytest.mark.slow  # two tiny fits and twelve tests of 256-px images: about a minute on 2 loaded cores
+def test_context_sanity_end_to_end_records_and_summarizes_every_test_split(tmp_path, capsys) -> None:
+    records = load("context_sanity").main(["--quick", "--seeds", "1", "--out", str(tmp_path)])
+    assert [(r["variant"], r["split"]) for r in records] == [
+        (v, s) for v in ("v3-1x1-only", "v2-aspp-l") for s in SPLITS
+    ]
+    assert all(r["dataset"] == "context" and set(r["IoU"]) == {"background", "A", "B", "C"} for r in records)
+    asppl = records[-1]["info"]
+    assert asppl["feature map (px)"] == 32 and set(asppl) >= {f"valid taps @{d}px" for d in (48, 96, 144, 192)}
+    assert asppl["valid taps @48px"] > asppl["valid taps @96px"] > asppl["valid taps @192px"]
+    assert "valid taps" not in records[0]["info"]  # the 1x1-only head has no atrous branch
+    text = (tmp_path / "context_sanity" / "summary.md").read_text()
+    assert "| variant | mixed | d48 | d96 | d144 | d192 | global |" in text

@@ -57,6 +57,7 @@ BACKBONES = [
     ("resnet101", 2048, 256),
     ("mobilenet_v2", 320, 24),
     ("xception65", 2048, 256),
+    ("small_cnn", 128, 32),
 ]
 
 
@@ -73,7 +74,7 @@ def test_feature_stride_equals_output_stride(name, channels, low_channels, outpu
     assert backbone.out_channels == channels and backbone.low_level_channels == low_channels
 
 
-@pytest.mark.parametrize("name", ["vgg16", "resnet34", "mobilenet_v2", "xception65"])
+@pytest.mark.parametrize("name", ["vgg16", "resnet34", "mobilenet_v2", "xception65", "small_cnn"])
 def test_set_output_stride_equals_building_at_that_stride(name) -> None:
     a, _ = build_backbone(name, 16)
     b, _ = build_backbone(name, 8)
@@ -140,7 +141,7 @@ def test_bad_backbone_arguments_name_the_problem(kwargs, match) -> None:
         build_backbone(**kwargs)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "small_cnn"])
 def test_a_smaller_output_stride_computes_the_same_function_sampled_more_densely(name) -> None:
     """Removing a stride and dilating what follows keeps every output of the strided network, exactly."""
     backbone, _ = build_backbone(name, 32)

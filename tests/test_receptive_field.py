@@ -72,3 +72,13 @@ def test_main_path_layers_give_known_receptive_fields() -> None:
     layers = main_path_layers(backbone)
     assert stack_rf(layers) == 435  # ResNet-18 at its native stride; shortcut 1×1 convs are left out
     assert len(layers) == 2 + 16
+
+
+def test_small_cnn_sees_19_px_at_every_output_stride_far_less_than_the_cue_distances() -> None:
+    """The context task's trunk: 3x3 convs up to stride 8, 1x1 after, so the head must reach the 48-192 px cues."""
+    for output_stride in (8, 16, 32):
+        backbone, _ = build_backbone("small_cnn", output_stride)
+        assert stack_rf(main_path_layers(backbone)) == 19
+    backbone.set_output_stride(8)
+    erf = effective_rf(lambda x: backbone.eval()(x)["out"], torch.randn(4, 3, 97, 97))
+    assert support_side(erf) == 19 and mass_side(erf, 0.5) < 19

@@ -1,8 +1,10 @@
 """Datasets, DeepLab augmentation presets and LightningDataModules."""
 
 from .cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation
+from .context import CONTEXT_CLASSES, ContextShapesDataset
 from .datamodule import (
     CityscapesDataModule,
+    ContextDataModule,
     FolderDataModule,
     SegmentationDataModule,
     ShapesDataModule,
@@ -16,6 +18,9 @@ __all__ = [
     "CITYSCAPES_CLASSES",
     "CityscapesDataModule",
     "CityscapesSegmentation",
+    "CONTEXT_CLASSES",
+    "ContextDataModule",
+    "ContextShapesDataset",
     "SBDSegmentation",
     "TrainAugSegmentation",
     "SHAPES_CLASSES",

@@ -1,4 +1,4 @@
-"""LightningDataModules: the shared loader logic, the built-in Shapes data, and images to predict on."""
+"""LightningDataModules: the shared loader logic, the built-in Shapes and Context data, and images to predict on."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from torchvision import tv_tensors
 from ..errors import ConfigError, DataError
 from .batching import SizeGroupedSampler, stack_pairs
 from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CityscapesSegmentation, to_label_ids
+from .context import CONTEXT_CLASSES, CONTEXT_PALETTE, CUE_KINDS, ContextShapesDataset
 from .folder import FolderSegmentation
 from .sbd import TrainAugSegmentation
 from .shapes import ShapesDataset, check_shapes, shapes_palette
@@ -345,6 +346,67 @@ class ShapesDataModule(SegmentationDataModule):
     def build(self, split: str) -> Dataset:
         offset = ("train", "val", "test").index(split)
         return ShapesDataset(self.sizes[split], seed=self.seed + offset, cache=True, **self.generator)
+
+
+class ContextDataModule(SegmentationDataModule):
+    """The built-in context task (see ``ContextShapesDataset``): the class of an object is told by a cue at a
+    known distance (``local``) or by the background (``global``). No download, deterministic by seed.
+
+    Splits use disjoint seeds (train ``seed``, val ``seed + 1``, test ``seed + 2``). A test split with one cue
+    (``--data.init_args.cue_kinds [local] --data.init_args.cue_distances [96]``) scores one distance. Training
+    does not rescale (``scale_range`` 1–1): a rescaled image would move its cues off their distances.
+    """
+
+    num_classes = len(CONTEXT_CLASSES)
+    class_names = CONTEXT_CLASSES
+    palette = CONTEXT_PALETTE
+
+    def __init__(
+        self,
+        num_train: int = 2000,
+        num_val: int = 200,
+        num_test: int = 200,
+        image_size: int = 256,
+        seed: int = 0,
+        cue_kinds: tuple[str, ...] = CUE_KINDS,
+        cue_distances: tuple[int, ...] = (48, 96, 144, 192),
+        object_size: int = 16,
+        marker_size: int = 16,
+        max_objects: int = 3,
+        halo: int = 16,
+        batch_size: int = 16,
+        val_batch_size: int = 16,
+        num_workers: int = 1,
+        crop_size: int | None = None,
+        scale_range: tuple[float, float] = (1.0, 1.0),
+        predict_path: str | None = None,
+        recipe_global_batch: int | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size,
+            val_batch_size,
+            num_workers,
+            crop_size or image_size,
+            scale_range,
+            predict_path=predict_path,
+            recipe_global_batch=recipe_global_batch,
+        )
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self.seed = seed
+        self.generator = {
+            "image_size": image_size,
+            "cue_kinds": tuple(cue_kinds),
+            "cue_distances": tuple(cue_distances),
+            "object_size": object_size,
+            "marker_size": marker_size,
+            "max_objects": max_objects,
+            "halo": halo,
+        }
+        ContextShapesDataset(1, **self.generator)  # a wrong argument fails here, before any training
+
+    def build(self, split: str) -> Dataset:
+        offset = ("train", "val", "test").index(split)
+        return ContextShapesDataset(self.sizes[split], seed=self.seed + offset, cache=True, **self.generator)
 
 
 class VOCDataModule(SegmentationDataModule):

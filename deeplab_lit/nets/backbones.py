@@ -1,5 +1,5 @@
 """Backbones with a settable output stride: VGG16 (DeepLab-LargeFOV trunk), ResNet, MobileNetV2 (Xception-65:
-``xception_tf.py``, ResNet-v1-beta: ``resnet_beta.py``).
+``xception_tf.py``, ResNet-v1-beta: ``resnet_beta.py``, the context task's small CNN: ``small_cnn.py``).
 
 Every backbone returns ``{"low_level": stride-4 features, "mid": stride-16 stage, "out": stride-OS features}``
 and can change its output stride after it is built (``set_output_stride``), turning strides into dilations
@@ -241,6 +241,7 @@ class MobileNetV2Backbone(Backbone):
 
 RESNET_BETA = ("resnet50_beta", "resnet101_beta")  # TF DeepLab's ResNet-v1-beta (resnet_beta.py)
 BACKBONES = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet101", *RESNET_BETA, "mobilenet_v2", "xception65")
+BACKBONES += ("small_cnn",)  # the context task's trunk (small_cnn.py)
 CAFFE_BACKBONES = ("vgg16_caffe", "resnet101_caffe")  # the DeepLab V1/V2 releases' layouts (caffe_semantics.py)
 
 
@@ -280,6 +281,10 @@ def build_backbone(
         backbone = VGG16Backbone(output_stride)
     elif name == "mobilenet_v2":
         backbone = MobileNetV2Backbone(output_stride)
+    elif name == "small_cnn":
+        from .small_cnn import SmallCNNBackbone  # it builds on this module's Backbone
+
+        backbone = SmallCNNBackbone(output_stride)
     else:
         from .xception_tf import Xception65Backbone  # it builds on this module's Backbone
 

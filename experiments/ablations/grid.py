@@ -29,11 +29,10 @@ WANDB_CONFIG = CONFIGS / "_base" / "logger_wandb.yaml"
 GENERATIONS = ("v1", "v2", "v3", "v3plus")
 MISSING = object()
 SLUG = re.compile(r"[^\w.,-]")  # what a value keeps in a run folder's name: "[6, 12, 18]" -> "6,12,18"
-QUICK = {  # Shapes only: seconds per run on a CPU, for tests and smoke runs
+QUICK_SCHEDULE = {  # --quick: seconds per run on a CPU, for tests and smoke runs
     "data.init_args.num_train": "8",
     "data.init_args.num_val": "4",
     "data.init_args.num_test": "4",
-    "data.init_args.image_size": "48",
     "data.init_args.batch_size": "4",
     "data.init_args.val_batch_size": "2",
     "data.init_args.num_workers": "0",
@@ -41,6 +40,22 @@ QUICK = {  # Shapes only: seconds per run on a CPU, for tests and smoke runs
     "trainer.num_sanity_val_steps": "0",
     "trainer.enable_progress_bar": "false",
     "trainer.enable_model_summary": "false",
+}
+QUICK_DATA = {  # the built-in datasets: Shapes at 48 px; context keeps its 256 px, which its cue distances need
+    "shapes": {"data.init_args.image_size": "48"},
+    "context": {},
+}
+# Test splits per dataset, each a set of data overrides for the test command; "" is the config's own test split.
+# Context: one split per cue distance (local cue only) and one for the global cue, beside the mixed default.
+TEST_SPLITS: dict[str, dict[str, dict[str, str]]] = {
+    "context": {
+        "": {},
+        **{
+            f"d{d}": {"data.init_args.cue_kinds": "[local]", "data.init_args.cue_distances": f"[{d}]"}
+            for d in (48, 96, 144, 192)
+        },
+        "global": {"data.init_args.cue_kinds": "[global]"},
+    }
 }
 
 
@@ -75,11 +90,13 @@ class Ablation:
     trimap_widths: tuple[int, ...] = ()
     info: Callable[[Any], dict[str, float]] | None = None
     no_sweep: str | None = None  # why a W&B sweep (of ``fit`` runs, scored by val/mIoU) cannot answer the question
+    dataset: str = "shapes"  # the default of --dataset
 
 
 @dataclass
 class Run:
-    """One variant × seed: its training command (shared with the variants of the same fit) and its test command."""
+    """One variant × seed × test split: its training command (shared with the variants of the same fit and the
+    other splits) and its test command on ``split`` (``""``: the config's own test split)."""
 
     variant: Variant
     seed: int
@@ -88,6 +105,7 @@ class Run:
     fit_args: list[str]
     test_args: list[str]
     ckpt: Path
+    split: str = ""
 
 
 def base_config(dataset: str, generation: str) -> Path | None:
@@ -110,9 +128,9 @@ def flat(overrides: dict[str, str]) -> list[str]:
 
 def schedule(opts: argparse.Namespace) -> list[str]:
     """The overrides every command of the grid shares: quick data, schedule, then the user's extra arguments."""
-    if opts.quick and opts.dataset != "shapes":
-        raise SystemExit("--quick sizes the built-in Shapes data; use --max-steps/--max-epochs for other datasets")
-    args = flat(QUICK) if opts.quick else []
+    if opts.quick and opts.dataset not in QUICK_DATA:
+        raise SystemExit("--quick sizes the built-in data (shapes, context); use --max-steps/--max-epochs for others")
+    args = flat({**QUICK_SCHEDULE, **QUICK_DATA[opts.dataset]}) if opts.quick else []
     if "--trainer.devices" not in opts.extra:  # one process per run: in-process DDP would re-launch this script
         args += ["--trainer.devices", "1"]
     if opts.max_epochs is not None:
@@ -173,12 +191,15 @@ def build_runs(ablation: Ablation, opts: argparse.Namespace) -> list[Run]:
             fit_args = logged("fit", config, seed, run_dir, fit_key, group, fit_tags, "train", opts)
             fit_args += ["--checkpoint.dirpath", str(ckpt.parent), "--checkpoint.filename", "best"]
             fit_args += ["--checkpoint.enable_version_counter", "false", *common, *flat(members[0].fit)]
+            splits = TEST_SPLITS.get(opts.dataset, {"": {}})
+            weights = {"model.init_args.backbone_weights": "null", "model.init_args.init_from": str(ckpt)}
             for v in members:
-                label, tags, test_dir = f"{v.name}-s{seed}-test", [v.knob, v.value], shown(out / f"{v.name}-s{seed}")
-                test_args = logged("test", config, seed, test_dir, label, group, tags, "eval", opts)
-                test_args += [*common, *flat(v.fit), *flat(v.test), "--model.init_args.backbone_weights", "null"]
-                test_args += ["--model.init_args.init_from", str(ckpt)]
-                runs.append(Run(v, seed, config, fit_key, fit_args, test_args, ckpt))
+                for split, data in splits.items():
+                    name = f"{v.name}-s{seed}" + (f"-{split}" if split else "")
+                    label, tags, test_dir = f"{name}-test", [v.knob, v.value], shown(out / name)
+                    test_args = logged("test", config, seed, test_dir, label, group, tags, "eval", opts)
+                    test_args += [*common, *flat(v.fit), *flat(v.test), *flat(data), *flat(weights)]
+                    runs.append(Run(v, seed, config, fit_key, fit_args, test_args, ckpt, split))
     return runs
 
 

@@ -1,7 +1,7 @@
 """Image pooling (image-level features in ASPP) on and off, for V3 and V3+. Expected (PAPERS.md §7): a small gain
 on VOC (+0.63, V3 Table 5), slightly negative on Cityscapes with V3+ (−0.35).
 
-    python experiments/ablations/image_pooling.py [--dataset shapes|voc|cityscapes] [--seeds 3] \
+    python experiments/ablations/image_pooling.py [--dataset shapes|context|voc|cityscapes] [--seeds 3] \
         [--dry-run | --slurm | --sweep]
 """
 

@@ -78,7 +78,7 @@ def parse(ablation: Ablation, argv: Sequence[str]) -> argparse.Namespace:
         prog=f"experiments/ablations/{ablation.name}.py",
         description=f"{ablation.title}. Arguments not listed here are passed to every deeplab_lit command.",
     )
-    p.add_argument("--dataset", choices=("shapes", "voc", "cityscapes"), default="shapes")
+    p.add_argument("--dataset", choices=("shapes", "context", "voc", "cityscapes"), default=ablation.dataset)
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per variant")
     p.add_argument("--out", default="runs/ablations")
     p.add_argument("--max-epochs", type=int)

@@ -3,7 +3,7 @@
 Expected (PAPERS.md §7): evaluating at 8 a model trained at 16 gains about 1.3 for about 3.4× the compute; training
 at 8 hurts with small batches; OS 32 loses most.
 
-    python experiments/ablations/output_stride.py [--dataset shapes|voc|cityscapes] [--seeds 3] \
+    python experiments/ablations/output_stride.py [--dataset shapes|context|voc|cityscapes] [--seeds 3] \
         [--dry-run | --slurm | --sweep]
 """
 

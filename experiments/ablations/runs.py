@@ -83,12 +83,12 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 
 
 def load_records(path: Path) -> list[dict[str, Any]]:
-    """The records of ``runs.jsonl``; for a variant and seed run more than once, the latest."""
-    latest: dict[tuple[str, int], dict] = {}
+    """The records of ``runs.jsonl``; for a variant, seed and test split run more than once, the latest."""
+    latest: dict[tuple[str, int, str], dict] = {}
     for line in path.read_text().splitlines() if path.is_file() else []:
         if line.strip():
             record = json.loads(line)
-            latest[(record["variant"], record["seed"])] = record
+            latest[(record["variant"], record["seed"], record.get("split", ""))] = record
     return list(latest.values())
 
 
@@ -152,6 +152,7 @@ def execute(ablation: Ablation, runs: Sequence[Run], opts: argparse.Namespace) -
             "knob": run.variant.knob,
             "value": run.variant.value,
             "seed": run.seed,
+            "split": run.split,
             "config": run.config,
             **metrics_record(results["test"], names),
             "fit_seconds": fitted[run.fit_key]["fit_seconds"],

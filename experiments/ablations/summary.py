@@ -47,10 +47,36 @@ def columns(records: Sequence[dict]) -> list[tuple[str, Callable[[dict], float |
     return cols
 
 
+def _object_miou(record: dict) -> float | None:
+    """mIoU over the classes other than the first (background), those present in the split."""
+    ious = [v for k, v in list(record["IoU"].items())[1:] if v is not None]
+    return sum(ious) / len(ious) if ious else None
+
+
+def split_tables(records: Sequence[dict]) -> list[str]:
+    """Markdown tables per test split (rows: variants; columns: splits, ``mixed`` the config's own test split):
+    test mIoU, and the mIoU of the object classes alone (background left out), mean ± std over seeds."""
+    splits = list(dict.fromkeys(r.get("split", "") for r in records))
+    cells: dict[str, dict[str, list[dict]]] = {}
+    for r in records:
+        cells.setdefault(r["variant"], {}).setdefault(r.get("split", ""), []).append(r)
+    lines = []
+    for title, get in (("test mIoU (%)", lambda r: r["mIoU"]), ("object-class mIoU (%)", _object_miou)):
+        lines += ["", f"## Per test split: {title}", ""]
+        lines.append("| variant | " + " | ".join(s or "mixed" for s in splits) + " |")
+        lines.append("|---|" + "---:|" * len(splits))
+        for name, by_split in cells.items():
+            row = [_stat([get(r) for r in by_split.get(s, [])], 100.0, 1) for s in splits]
+            lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return lines
+
+
 def summarize(ablation_dir: str | Path, wandb: bool = False) -> tuple[Path, Path]:
-    """Rebuild ``summary.md`` (mean ± std over seeds per variant) and ``summary.png`` from ``runs.jsonl``."""
+    """Rebuild ``summary.md`` (mean ± std over seeds per variant, on the config's own test split, then per test
+    split where there are several) and ``summary.png`` from ``runs.jsonl``."""
     ablation_dir = Path(ablation_dir)
-    records = load_records(ablation_dir / "runs.jsonl")
+    every = load_records(ablation_dir / "runs.jsonl")
+    records = [r for r in every if not r.get("split")]
     if not records:
         raise FileNotFoundError(f"no records in {ablation_dir / 'runs.jsonl'}")
     groups: dict[str, list[dict]] = {}
@@ -64,13 +90,16 @@ def summarize(ablation_dir: str | Path, wandb: bool = False) -> tuple[Path, Path
         cells = [name, Path(rs[0]["config"]).stem, rs[0]["knob"], rs[0]["value"], str(len(rs))]
         cells += [_stat([get(r) for r in rs], scale, digits) for _, get, scale, digits in cols]
         lines.append("| " + " | ".join(cells) + " |")
+    rows = lines[4:]
     lines += ["", "Mean ± sample standard deviation over seeds; ms/image is the test-time pipeline without the CRF."]
+    if len(every) > len(records):
+        lines += split_tables(every)
     table = ablation_dir / "summary.md"
     table.write_text("\n".join(lines) + "\n")
     plot = ablation_dir / "summary.png"
     draw(groups, plot, ablation_dir.name)
     if wandb:
-        log_summary(ablation_dir, records[0]["dataset"], header, lines[4:-2], plot)
+        log_summary(ablation_dir, records[0]["dataset"], header, rows, plot)
     return table, plot
 
 
