@@ -2,14 +2,8 @@
 
 from .cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation
 from .context import CONTEXT_CLASSES, ContextShapesDataset
-from .datamodule import (
-    CityscapesDataModule,
-    ContextDataModule,
-    FolderDataModule,
-    SegmentationDataModule,
-    ShapesDataModule,
-    VOCDataModule,
-)
+from .datamodule import SegmentationDataModule
+from .modules import CityscapesDataModule, ContextDataModule, FolderDataModule, ShapesDataModule, VOCDataModule
 from .sbd import SBDSegmentation, TrainAugSegmentation
 from .shapes import SHAPES_CLASSES, ShapesDataset
 from .voc import VOC_CLASSES, DataError, VOCSegmentation
