@@ -21,13 +21,49 @@ from .transforms import IGNORE_INDEX
 from .voc import VOC_CLASSES, VOCSegmentation, voc_palette
 
 
-class ShapesDataModule(SegmentationDataModule):
-    """The built-in Shapes data (see ``ShapesDataset``): no download, deterministic by seed.
+class GeneratedDataModule(SegmentationDataModule):
+    """Data generated on the fly (no download, deterministic by seed): ``sizes`` images per split from disjoint seeds
+    (train ``seed``, val ``seed + 1``, test ``seed + 2``) of ``dataset_class(**generator)``; a subclass names them."""
 
-    Splits use disjoint seeds (train ``seed``, val ``seed + 1``, test ``seed + 2``). ``object_scale``,
-    ``max_objects``, ``shapes``, ``textured`` and ``clutter`` set the generator; ``scale_range`` is the training
-    augmentation's random rescale, as for the other datasets.
+    dataset_class: type[Dataset]
+
+    def __init__(
+        self,
+        sizes: dict[str, int],
+        seed: int,
+        generator: dict[str, Any],
+        batch_size: int,
+        val_batch_size: int,
+        num_workers: int,
+        crop_size: int | tuple[int, int] | None,
+        scale_range: tuple[float, float],
+        predict_path: str | None,
+        recipe_global_batch: int | None,
+    ) -> None:
+        super().__init__(
+            batch_size,
+            val_batch_size,
+            num_workers,
+            crop_size or generator["image_size"],
+            scale_range,
+            predict_path=predict_path,
+            recipe_global_batch=recipe_global_batch,
+        )
+        self.sizes, self.seed, self.generator = sizes, seed, generator
+        self.dataset_class(1, **generator)  # a wrong argument fails here, before any training
+
+    def build(self, split: str) -> Dataset:
+        offset = ("train", "val", "test").index(split)
+        return self.dataset_class(self.sizes[split], seed=self.seed + offset, cache=True, **self.generator)
+
+
+class ShapesDataModule(GeneratedDataModule):
+    """The built-in Shapes data (see ``ShapesDataset``). ``object_scale``, ``max_objects``, ``shapes``, ``textured``
+    and ``clutter`` set the generator; ``scale_range`` is the training augmentation's random rescale, as for the
+    other datasets.
     """
+
+    dataset_class = ShapesDataset
 
     def __init__(
         self,
@@ -50,18 +86,7 @@ class ShapesDataModule(SegmentationDataModule):
         predict_path: str | None = None,
         recipe_global_batch: int | None = None,
     ) -> None:
-        super().__init__(
-            batch_size,
-            val_batch_size,
-            num_workers,
-            crop_size or image_size,
-            scale_range,
-            predict_path=predict_path,
-            recipe_global_batch=recipe_global_batch,
-        )
-        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
-        self.seed = seed
-        self.generator = {
+        generator = {
             "image_size": image_size,
             "scale_range": tuple(object_scale),
             "max_objects": max_objects,
@@ -70,24 +95,22 @@ class ShapesDataModule(SegmentationDataModule):
             "clutter": clutter,
             "ignore_band": ignore_band,
         }
+        sizes = {"train": num_train, "val": num_val, "test": num_test}
+        loading = (batch_size, val_batch_size, num_workers, crop_size, scale_range, predict_path, recipe_global_batch)
+        super().__init__(sizes, seed, generator, *loading)
         self.class_names = ("background", *self.generator["shapes"])
         self.num_classes = len(self.class_names)
         self.palette = shapes_palette(self.generator["shapes"])
 
-    def build(self, split: str) -> Dataset:
-        offset = ("train", "val", "test").index(split)
-        return ShapesDataset(self.sizes[split], seed=self.seed + offset, cache=True, **self.generator)
 
-
-class ContextDataModule(SegmentationDataModule):
+class ContextDataModule(GeneratedDataModule):
     """The built-in context task (see ``ContextShapesDataset``): the class of an object is told by a cue at a
-    known distance (``local``) or by the background (``global``). No download, deterministic by seed.
-
-    Splits use disjoint seeds (train ``seed``, val ``seed + 1``, test ``seed + 2``). A test split with one cue
+    known distance (``local``) or by the background (``global``). A test split with one cue
     (``--data.init_args.cue_kinds [local] --data.init_args.cue_distances [96]``) scores one distance. Training
     does not rescale (``scale_range`` 1–1): a rescaled image would move its cues off their distances.
     """
 
+    dataset_class = ContextShapesDataset
     num_classes = len(CONTEXT_CLASSES)
     class_names = CONTEXT_CLASSES
     palette = CONTEXT_PALETTE
@@ -113,18 +136,7 @@ class ContextDataModule(SegmentationDataModule):
         predict_path: str | None = None,
         recipe_global_batch: int | None = None,
     ) -> None:
-        super().__init__(
-            batch_size,
-            val_batch_size,
-            num_workers,
-            crop_size or image_size,
-            scale_range,
-            predict_path=predict_path,
-            recipe_global_batch=recipe_global_batch,
-        )
-        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
-        self.seed = seed
-        self.generator = {
+        generator = {
             "image_size": image_size,
             "cue_kinds": tuple(cue_kinds),
             "cue_distances": tuple(cue_distances),
@@ -133,11 +145,9 @@ class ContextDataModule(SegmentationDataModule):
             "max_objects": max_objects,
             "halo": halo,
         }
-        ContextShapesDataset(1, **self.generator)  # a wrong argument fails here, before any training
-
-    def build(self, split: str) -> Dataset:
-        offset = ("train", "val", "test").index(split)
-        return ContextShapesDataset(self.sizes[split], seed=self.seed + offset, cache=True, **self.generator)
+        sizes = {"train": num_train, "val": num_val, "test": num_test}
+        loading = (batch_size, val_batch_size, num_workers, crop_size, scale_range, predict_path, recipe_global_batch)
+        super().__init__(sizes, seed, generator, *loading)
 
 
 class VOCDataModule(SegmentationDataModule):
