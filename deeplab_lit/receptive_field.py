@@ -1,4 +1,4 @@
-"""Receptive fields of atrous convolution: theoretical size, valid taps, reach maps, effective RF, size buckets."""
+"""Receptive fields of atrous convolution: theoretical size, valid taps, reach maps, effective RF, branches off."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import Tensor, nn
 
 Layer = tuple[int, int, int]  # (kernel, stride, dilation)
@@ -91,21 +90,6 @@ def mass_side(erf: Tensor, fraction: float = 0.5) -> int:
     radius = torch.maximum(ys.abs(), xs.abs()).flatten()
     mass = torch.bincount(radius, weights=erf.flatten().double()).cumsum(0)
     return 2 * int(torch.searchsorted(mass, fraction * mass[-1])) + 1
-
-
-def size_buckets(mask: np.ndarray, edges: Sequence[float], ignore_index: int = 255) -> list[np.ndarray]:
-    """One label map per object-size bucket (``len(edges) + 1``): an object is a connected component of one class,
-    its size its area / image area; objects outside bucket ``b`` become ``ignore_index`` in map ``b``.
-    """
-    area = np.zeros(mask.shape)
-    for c in np.unique(mask):
-        if c in (0, ignore_index):
-            continue
-        comp, _ = ndimage.label(mask == c)
-        area[comp > 0] = np.bincount(comp.ravel())[comp[comp > 0]]
-    bucket = np.digitize(area / mask.size, edges)
-    foreground = (mask != 0) & (mask != ignore_index)
-    return [np.where(foreground & (bucket != b), ignore_index, mask) for b in range(len(edges) + 1)]
 
 
 @contextmanager

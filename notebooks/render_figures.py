@@ -4,7 +4,7 @@ The notebooks themselves are stored without outputs; this is how the few figures
 README shows are made. ``--set NAME=VALUE`` appends ``NAME = VALUE`` (a Python expression) to the parameters cell.
 
     python notebooks/render_figures.py notebooks/atrous_rates.ipynb --out docs/figures \
-        --set 'CHECKPOINT="../runs/main/checkpoints/last.ckpt"'
+        --set 'CHECKPOINT="../runs/context_notebook/checkpoints/last.ckpt"'
 """
 
 from __future__ import annotations

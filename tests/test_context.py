@@ -150,6 +150,7 @@ def test_every_context_config_runs_fast_dev_run(tmp_path, config) -> None:
     tiny = ["--data.init_args.num_train", "4", "--data.init_args.num_val", "2", "--data.init_args.num_test", "2"]
     tiny += ["--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0", "--trainer.fast_dev_run", "1"]
     tiny += ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    tiny += ["--checkpoint.dirpath", str(tmp_path / "checkpoints")]  # the notebook's config names a folder in runs/
     cli = main(["fit", "--config", str(config), *tiny, "--trainer.enable_progress_bar", "false"])
     assert cli.trainer.global_step == 1
     assert cli.model.hparams.num_classes == 4 and cli.model.net.backbone.out_channels == 128

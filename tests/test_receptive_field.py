@@ -1,6 +1,5 @@
 """Receptive-field helpers used by notebooks/atrous_rates.ipynb."""
 
-import numpy as np
 import pytest
 import torch
 import torchvision
@@ -11,7 +10,6 @@ from deeplab_lit.receptive_field import (
     main_path_layers,
     mass_side,
     reach_map,
-    size_buckets,
     stack_rf,
     support_side,
     switched_off,
@@ -45,17 +43,6 @@ def test_effective_rf_of_a_conv_stack() -> None:
     assert support_side(erf) == 15
     assert torch.allclose(erf[8:23, 8:23], reach_map((1, 2, 4), margin=0).float())
     assert mass_side(erf, 1.0) == 15 and mass_side(erf, 0.0) == 1
-
-
-def test_size_buckets() -> None:
-    mask = np.zeros((10, 10), dtype=np.int64)
-    mask[0, 0] = 1  # 1 % of the image
-    mask[5:10, 5:10] = 2  # 25 %
-    mask[0, 9] = 255
-    small, large = size_buckets(mask, (0.05,))
-    assert small[0, 0] == 1 and (small[5:, 5:] == 255).all()
-    assert large[0, 0] == 255 and (large[5:, 5:] == 2).all()
-    assert (small[1:5, :5] == 0).all() and small[0, 9] == large[0, 9] == 255
 
 
 def test_switched_off_zeroes_a_module_only_inside_the_block() -> None:
