@@ -13,10 +13,11 @@ from dataclasses import asdict
 from typing import Any
 
 import yaml
-from grid import Ablation, Variant
-from launch import run_ablation
 
 from deeplab_lit.inference import V1_CRF, V2_CRF, CRFParams
+
+from grid import Ablation, Variant
+from launch import run_ablation
 
 
 def variants(generation: str, params: CRFParams) -> list[Variant]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from grid import WANDB_CONFIG, Ablation, Run, build_runs, commands, schedule, shown
 from runs import execute
 from summary import summarize
