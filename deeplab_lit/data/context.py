@@ -33,6 +33,7 @@ OBJECT_COLOURS = np.array([(240, 220, 40), (40, 220, 220), (235, 235, 235), (250
 PATTERNS = ("horizontal", "vertical", "checker")  # the global cue of classes 1, 2, 3
 DIRECTIONS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
 CUE_KINDS = ("local", "global")
+CUE_DISTANCES = (48, 96, 144, 192)  # px: 6, 12, 18, 24 cells at output stride 8, V2's ASPP-L rates
 STRIPE = 4  # stripe width in px (period 8)
 CONTRAST = 35.0  # stripe levels: background grey ± this
 NOISE = 6.0  # per-pixel Gaussian noise on the whole image
@@ -85,7 +86,7 @@ def render_context(
     rng: np.random.Generator,
     image_size: int = 256,
     cue_kinds: Sequence[str] = CUE_KINDS,
-    cue_distances: Sequence[int] = (48, 96, 144, 192),
+    cue_distances: Sequence[int] = CUE_DISTANCES,
     object_size: int = 16,
     marker_size: int = 16,
     max_objects: int = 3,
@@ -164,7 +165,7 @@ class ContextShapesDataset(Dataset):
         image_size: int = 256,
         seed: int = 0,
         cue_kinds: Sequence[str] = CUE_KINDS,
-        cue_distances: Sequence[int] = (48, 96, 144, 192),
+        cue_distances: Sequence[int] = CUE_DISTANCES,
         object_size: int = 16,
         marker_size: int = 16,
         max_objects: int = 3,

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CityscapesSegmentation, to_label_ids
-from .context import CONTEXT_CLASSES, CONTEXT_PALETTE, CUE_KINDS, ContextShapesDataset
+from .context import CONTEXT_CLASSES, CONTEXT_PALETTE, CUE_DISTANCES, CUE_KINDS, ContextShapesDataset
 from .datamodule import SegmentationDataModule
 from .folder import FolderSegmentation
 from .sbd import TrainAugSegmentation
@@ -123,7 +123,7 @@ class ContextDataModule(GeneratedDataModule):
         image_size: int = 256,
         seed: int = 0,
         cue_kinds: tuple[str, ...] = CUE_KINDS,
-        cue_distances: tuple[int, ...] = (48, 96, 144, 192),
+        cue_distances: tuple[int, ...] = CUE_DISTANCES,
         object_size: int = 16,
         marker_size: int = 16,
         max_objects: int = 3,
